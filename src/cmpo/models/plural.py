@@ -1,0 +1,582 @@
+"""The plural model (thesis §3.2.1, eq. 3.1): one transformer trunk, k language-modeling heads.
+
+For attribute weights λ ∈ R^k the next-token distribution is
+
+    p(y | x; λ) = softmax( Σ_j λ_j · h W_j )                       h: last hidden state [.., d], W_j: [V, d]
+
+Head parameterisations (both start with every W_j equal to the base head W0, so for Σλ = 1 the plural
+model is exactly the base model):
+
+  ``full``     W_j is a full trainable copy of W0 (the thesis). Mixing costs k vocabulary matmuls.
+  ``lowrank``  W_j = W0 + s·B_j A_j with W0 frozen, A_j: [r, d], B_j: [V, r] zero-initialised, s = α/r.
+               Σ_j λ_j h W_j = (Σλ)·h W0 + s·Σ_j λ_j (h A_jᵀ) B_jᵀ — one vocabulary matmul plus a
+               rank-(k·r) term, computed per example without materialising k logit tensors.
+
+Trunk adapters (``adapter``):
+  ``shared``   one peft LoRA on the attention projections, shared by all attributes (the thesis).
+  ``plural``   per-attribute LoRA deltas mixed by the example's λ: ΔW(λ) = s·Σ_j λ_j B_j A_j, computed as
+               ((x Aᵀ) ⊙ λ) Bᵀ with stacked A: [k·r, d_in], B: [d_out, k·r].
+  ``none``     heads only.
+
+The current weights live in a :class:`SteeringState` shared by the head and the plural adapters, so the
+wrapped Hugging Face model keeps its own ``forward``/``generate`` (every generation option works, and a batch
+may carry one weight vector per example). The reference policy π_ref — the model before it became plural —
+is exact: :meth:`PluralLM.reference` switches every adapter off and uses W0 alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cmpo.models.steering import SteeringError, resolve_weights
+
+CONFIG_NAME = "cmpo_config.json"
+WEIGHTS_NAME = "plural.safetensors"
+BASE_DIR_NAME = "base"
+
+HeadMode = Literal["full", "lowrank"]
+AdapterMode = Literal["shared", "plural", "none"]
+
+
+@dataclass
+class PluralConfig:
+    """Everything needed to rebuild a plural model on top of its base model."""
+
+    attributes: list[str]
+    head_mode: HeadMode = "lowrank"
+    head_rank: int = 16
+    head_alpha: float = 16.0
+    adapter: AdapterMode = "shared"
+    adapter_rank: int = 16
+    adapter_alpha: float = 32.0
+    adapter_dropout: float = 0.0
+    adapter_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    full_finetune: bool = False
+    base_model: str = "smollm2-135m"
+    template: str = "chat"
+    default_weights: dict[str, float] | None = None
+    init_seed: int = 0
+
+    def __post_init__(self):
+        if not self.attributes:
+            raise ValueError("a plural model needs at least one attribute")
+        if len(set(self.attributes)) != len(self.attributes):
+            raise ValueError(f"duplicate attribute names in {self.attributes}")
+        if self.head_mode not in ("full", "lowrank"):
+            raise ValueError(f"head_mode must be 'full' or 'lowrank', got {self.head_mode!r}")
+        if self.adapter not in ("shared", "plural", "none"):
+            raise ValueError(f"adapter must be 'shared', 'plural' or 'none', got {self.adapter!r}")
+
+    @property
+    def k(self) -> int:
+        return len(self.attributes)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PluralConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+class SteeringState:
+    """The weight vector the plural layers read: ``[k]`` (one λ for the batch) or ``[B, k]`` (per example).
+
+    ``reference=True`` makes every plural layer behave like the base model.
+    """
+
+    def __init__(self):
+        self.weights: torch.Tensor | None = None
+        self.reference: bool = False
+
+    def snapshot(self) -> tuple[torch.Tensor | None, bool]:
+        return self.weights, self.reference
+
+    @contextlib.contextmanager
+    def use(self, weights: torch.Tensor | None = None, reference: bool = False):
+        saved = self.snapshot()
+        self.weights, self.reference = weights, reference
+        try:
+            yield self
+        finally:
+            self.weights, self.reference = saved
+
+    def require(self) -> torch.Tensor:
+        if self.weights is None:
+            raise SteeringError(
+                "no steering weights set: pass weights=... or use `with model.steer(weights):`"
+            )
+        return self.weights
+
+
+def _expand(weights: torch.Tensor, lead_shape: torch.Size) -> torch.Tensor:
+    """Broadcast λ ([k] or [B, k]) against activations with leading dims ``lead_shape`` -> [..., k]."""
+    if weights.dim() == 1:
+        return weights.view(*([1] * len(lead_shape)), -1)
+    if weights.dim() == 2 and len(lead_shape) >= 1:
+        if weights.shape[0] != lead_shape[0]:
+            raise SteeringError(
+                f"per-example weights have batch {weights.shape[0]} but activations have batch {lead_shape[0]}"
+            )
+        return weights.view(weights.shape[0], *([1] * (len(lead_shape) - 1)), weights.shape[1])
+    if weights.shape[:-1] == lead_shape:
+        return weights
+    raise SteeringError(f"cannot broadcast weights {tuple(weights.shape)} to activations {tuple(lead_shape)}")
+
+
+class PluralHead(nn.Module):
+    """k LM heads mixed by λ. ``forward(hidden [.., d], weights [k] | [B, k] | None) -> logits [.., V]``.
+
+    Computation runs in the head's dtype (fp32 by default) whatever the trunk's dtype.
+    """
+
+    def __init__(self, base_weight: torch.Tensor, k: int, mode: HeadMode, rank: int, alpha: float,
+                 state: SteeringState, dtype: torch.dtype = torch.float32, seed: int = 0):
+        super().__init__()
+        vocab, hidden = base_weight.shape
+        self.k, self.mode, self.rank, self.state = k, mode, rank, state
+        self.scaling = alpha / rank if mode == "lowrank" else 1.0
+        w0 = base_weight.detach().to(dtype).clone()
+        self.base_weight = nn.Parameter(w0, requires_grad=False)
+        if mode == "full":
+            self.heads = nn.Parameter(w0.unsqueeze(0).repeat(k, 1, 1))  # [k, V, d]
+        else:
+            gen = torch.Generator().manual_seed(seed)
+            bound = 1.0 / math.sqrt(hidden)  # peft's LoRA A init: kaiming_uniform(a=√5) == U(±1/√fan_in)
+            a = (torch.rand(k, rank, hidden, generator=gen, dtype=torch.float64) * 2 - 1) * bound
+            self.A = nn.Parameter(a.to(dtype))  # [k, r, d]
+            self.B = nn.Parameter(torch.zeros(vocab, k, rank, dtype=dtype))  # [V, k, r]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.base_weight.shape[0]
+
+    def base_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden.to(self.base_weight.dtype), self.base_weight)
+
+    def forward(self, hidden: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        if self.state.reference and weights is None:
+            return self.base_logits(hidden)
+        w = self.state.require() if weights is None else weights
+        h = hidden.to(self.base_weight.dtype)
+        w = _expand(w.to(h.dtype), h.shape[:-1])  # [.., k]
+        if self.mode == "full":
+            logits = None
+            for j in range(self.k):  # one [.., V] buffer at a time
+                term = w[..., j : j + 1] * F.linear(h, self.heads[j])
+                logits = term if logits is None else logits + term
+            return logits
+        u = F.linear(h, self.A.view(self.k * self.rank, -1))  # [.., k·r]
+        u = (u.view(*u.shape[:-1], self.k, self.rank) * w.unsqueeze(-1)).flatten(-2)
+        delta = F.linear(u, self.B.view(self.vocab_size, self.k * self.rank))  # [.., V]
+        return w.sum(-1, keepdim=True) * F.linear(h, self.base_weight) + self.scaling * delta
+
+    def head_weight(self, j: int) -> torch.Tensor:
+        """W_j: [V, d]."""
+        if self.mode == "full":
+            return self.heads[j]
+        return self.base_weight + self.scaling * self.B[:, j, :] @ self.A[j]
+
+    @torch.no_grad()
+    def fused_weight(self, weights: torch.Tensor) -> torch.Tensor:
+        """Σ_j λ_j W_j as one [V, d] matrix (computed in float64 for exactness, returned in head dtype)."""
+        w = weights.to(torch.float64)
+        if self.mode == "full":
+            fused = torch.einsum("j,jvd->vd", w, self.heads.to(torch.float64))
+        else:
+            a = self.A.to(torch.float64) * w.view(-1, 1, 1)  # [k, r, d]
+            b = self.B.to(torch.float64).view(self.vocab_size, -1)
+            fused = w.sum() * self.base_weight.to(torch.float64) + self.scaling * b @ a.view(-1, a.shape[-1])
+        return fused.to(self.base_weight.dtype)
+
+
+class PluralLoRALinear(nn.Module):
+    """A linear layer plus per-attribute LoRA deltas mixed by λ: y = x W0ᵀ + s·((x Aᵀ) ⊙ λ) Bᵀ."""
+
+    def __init__(self, base_layer: nn.Linear, k: int, rank: int, alpha: float, state: SteeringState,
+                 seed: int = 0):
+        super().__init__()
+        self.base_layer, self.k, self.rank, self.state = base_layer, k, rank, state
+        self.scaling = alpha / rank
+        d_out, d_in = base_layer.weight.shape
+        gen = torch.Generator().manual_seed(seed)
+        bound = 1.0 / math.sqrt(d_in)
+        a = (torch.rand(k * rank, d_in, generator=gen, dtype=torch.float64) * 2 - 1) * bound
+        dtype = base_layer.weight.dtype
+        self.plural_A = nn.Parameter(a.to(dtype))  # [k·r, d_in]
+        self.plural_B = nn.Parameter(torch.zeros(d_out, k * rank, dtype=dtype))  # [d_out, k·r]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base_layer(x)
+        if self.state.reference or self.state.weights is None:
+            return y
+        w = _expand(self.state.weights.to(x.dtype), x.shape[:-1])  # [.., k]
+        u = F.linear(x, self.plural_A)
+        u = (u.view(*u.shape[:-1], self.k, self.rank) * w.unsqueeze(-1)).flatten(-2)
+        return y + self.scaling * F.linear(u, self.plural_B)
+
+    @torch.no_grad()
+    def delta_weight(self, weights: torch.Tensor) -> torch.Tensor:
+        """s·Σ_j λ_j B_j A_j: [d_out, d_in] (float64)."""
+        lam = weights.to(torch.float64).repeat_interleave(self.rank)
+        return self.scaling * self.plural_B.to(torch.float64) @ (self.plural_A.to(torch.float64) * lam[:, None])
+
+
+def _get_lm_head(model) -> nn.Module:
+    head = model.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no output embeddings (LM head)")
+    return head
+
+
+def _set_lm_head(model, module: nn.Module) -> None:
+    model.set_output_embeddings(module)
+
+
+class PluralLM(nn.Module):
+    """A Hugging Face causal LM whose LM head is a :class:`PluralHead` (and optionally plural adapters).
+
+    ``model(input_ids, attention_mask, weights=λ)`` returns the HF output with λ-mixed logits.
+    ``self.model`` is the wrapped HF model: call ``generate`` on it inside ``with plural.steer(λ):``.
+    """
+
+    def __init__(self, model, config: PluralConfig, tokenizer=None):
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        self.state = SteeringState()
+        self._peft = None
+        head = _get_lm_head(model)
+        if getattr(head, "bias", None) is not None:
+            raise NotImplementedError("LM heads with a bias are not supported")
+        # The base head may be tied to the input embeddings (SmolLM2): the plural heads are untied copies.
+        model.config.tie_word_embeddings = False
+        if hasattr(model.config, "get_text_config"):
+            model.config.get_text_config().tie_word_embeddings = False
+        if config.full_finetune:
+            model.requires_grad_(True)
+        else:
+            model.requires_grad_(False)
+        if config.adapter == "shared":
+            from peft import LoraConfig, get_peft_model
+
+            lora = LoraConfig(r=config.adapter_rank, lora_alpha=config.adapter_alpha,
+                              lora_dropout=config.adapter_dropout, target_modules=config.adapter_targets,
+                              bias="none")
+            torch.manual_seed(config.init_seed)
+            self._peft = get_peft_model(model, lora)  # injects LoRA layers into `model` in place
+            if config.full_finetune:
+                model.requires_grad_(True)
+        elif config.adapter == "plural":
+            self._wrap_plural_adapters(model)
+        plural_head = PluralHead(head.weight, config.k, config.head_mode, config.head_rank, config.head_alpha,
+                                 self.state, seed=config.init_seed)
+        _set_lm_head(model, plural_head)
+        self.model = model
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_base(cls, base: str | nn.Module, config: PluralConfig, dtype=torch.float32,
+                  trust_remote_code: bool = False) -> PluralLM:
+        """Make a plural model from a base model (name, path, or already-loaded HF model)."""
+        from cmpo.models.loading import load_model
+
+        tokenizer = None
+        if isinstance(base, (str, os.PathLike)):
+            base, tokenizer = load_model(str(base), dtype=dtype, trust_remote_code=trust_remote_code)
+        return cls(base, config, tokenizer=tokenizer)
+
+    def _wrap_plural_adapters(self, model) -> None:
+        targets = set(self.config.adapter_targets)
+        found = 0
+        for i, (name, module) in enumerate(list(model.named_modules())):
+            for child_name, child in list(module.named_children()):
+                if child_name in targets and isinstance(child, nn.Linear):
+                    wrapped = PluralLoRALinear(child, self.config.k, self.config.adapter_rank,
+                                               self.config.adapter_alpha, self.state,
+                                               seed=self.config.init_seed + 1 + found)
+                    setattr(module, child_name, wrapped)
+                    found += 1
+        if found == 0:
+            raise ValueError(f"no linear layers named {sorted(targets)} found for plural adapters")
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def attributes(self) -> list[str]:
+        return self.config.attributes
+
+    @property
+    def head(self) -> PluralHead:
+        return _get_lm_head(self.model)
+
+    @property
+    def trunk(self) -> nn.Module:
+        """The transformer without its LM head (e.g. ``LlamaModel``): returns hidden states."""
+        return getattr(self.model, self.model.base_model_prefix)
+
+    def weights_tensor(self, weights, device=None) -> torch.Tensor:
+        """Validate user weights (dict | 'a=1,b=0' | sequence | tensor [k] or [B, k]) -> float32 tensor."""
+        if isinstance(weights, torch.Tensor) and weights.dim() == 2:
+            if weights.shape[1] != self.config.k:
+                raise SteeringError(f"weights have {weights.shape[1]} columns, model has {self.config.k} attributes")
+            if not torch.isfinite(weights).all():
+                raise SteeringError("non-finite weight")
+            if (weights == 0).all(dim=1).any():
+                raise SteeringError("an all-zero weight vector in the batch")
+            t = weights.float()
+        else:
+            t = torch.tensor(resolve_weights(weights, self.attributes), dtype=torch.float32)
+        return t.to(device or self.head.base_weight.device)
+
+    def default_weights(self) -> torch.Tensor:
+        if self.config.default_weights:
+            return self.weights_tensor(self.config.default_weights)
+        return torch.full((self.config.k,), 1.0 / self.config.k, device=self.head.base_weight.device)
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, input_ids=None, attention_mask=None, weights=None, **kwargs):
+        """HF forward with λ-mixed logits. ``weights``: [k] or [B, k]; ``None`` uses the current state."""
+        if weights is None:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        with self.state.use(self._as_tensor(weights)):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    def hidden_states(self, input_ids, attention_mask=None, weights=None, reference: bool = False, **kwargs):
+        """Last hidden states [B, T, d] of the trunk (plural adapters conditioned on ``weights``)."""
+        ctx = self.reference() if reference else self.state.use(self._as_tensor(weights) if weights is not None
+                                                                  else self.state.weights)
+        with ctx:
+            out = self.trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+    def _as_tensor(self, weights) -> torch.Tensor:
+        if isinstance(weights, torch.Tensor):
+            return weights.to(self.head.base_weight.device)
+        return self.weights_tensor(weights)
+
+    @contextlib.contextmanager
+    def steer(self, weights):
+        """Within the block, the wrapped HF model (forward, generate) is steered by ``weights``."""
+        with self.state.use(self._as_tensor(weights)):
+            yield self.model
+
+    @contextlib.contextmanager
+    def reference(self):
+        """Within the block the model is exactly π_ref: adapters off, base head W0."""
+        peft_ctx = self._peft.disable_adapter() if self._peft is not None else contextlib.nullcontext()
+        with peft_ctx, self.state.use(None, reference=True):
+            yield self.model
+
+    def gradient_checkpointing_enable(self, **kwargs):
+        """HF gradient checkpointing; recomputation restores the λ that was active in the forward pass."""
+        state = self.state
+
+        def context_fn():
+            snap = state.snapshot()
+
+            @contextlib.contextmanager
+            def recompute():
+                saved = state.snapshot()
+                state.weights, state.reference = snap
+                try:
+                    yield
+                finally:
+                    state.weights, state.reference = saved
+
+            return contextlib.nullcontext(), recompute()
+
+        self.model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False, "context_fn": context_fn, **kwargs}
+        )
+        if hasattr(self.model, "enable_input_require_grads"):
+            self.model.enable_input_require_grads()
+
+    # ------------------------------------------------------------------ fused head
+
+    def mixed_head(self, weights) -> nn.Linear:
+        """The exact fused head Σ_j λ_j W_j as one bias-free linear layer (decoding at base-model cost)."""
+        w = self._as_tensor(weights)
+        fused = self.head.fused_weight(w)
+        layer = nn.Linear(fused.shape[1], fused.shape[0], bias=False, device=fused.device, dtype=fused.dtype)
+        layer.weight.data.copy_(fused)
+        layer.requires_grad_(False)
+        return layer
+
+    @contextlib.contextmanager
+    def fused(self, weights):
+        """Within the block the wrapped HF model uses the fused head for ``weights`` (and plural adapters
+        steered by the same λ)."""
+        w = self._as_tensor(weights)
+        plural_head = self.head
+        _set_lm_head(self.model, _DtypeAdapter(self.mixed_head(w)))
+        try:
+            with self.state.use(w):
+                yield self.model
+        finally:
+            _set_lm_head(self.model, plural_head)
+
+    # ------------------------------------------------------------------ save / load / export
+
+    def _saved_keys(self) -> list[str]:
+        keys = []
+        for name, _ in self.named_parameters():
+            if name == "model.lm_head.base_weight" or name.endswith(".base_weight") and "lm_head" in name:
+                continue
+            if self.config.full_finetune or "lora_" in name or "plural_" in name or "lm_head" in name:
+                keys.append(name)
+        return keys
+
+    def save(self, out_dir: str | os.PathLike, self_contained: bool = False) -> Path:
+        """Write ``cmpo_config.json`` + ``plural.safetensors`` (+ tokenizer) atomically.
+
+        Only weights that differ from the base model are stored; the base is re-loaded from
+        ``config.base_model``. ``self_contained=True`` also copies the base model into ``out/base``.
+        """
+        from safetensors.torch import save_file
+
+        out = Path(out_dir)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
+        try:
+            sd = self.state_dict()
+            tensors = {k: sd[k].detach().contiguous().cpu() for k in self._saved_keys()}
+            save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt", "cmpo": "plural"})
+            cfg = asdict(self.config)
+            if self_contained:
+                from cmpo.models.loading import resolve_model_path
+
+                shutil.copytree(resolve_model_path(self.config.base_model), tmp / BASE_DIR_NAME)
+                cfg["base_model"] = BASE_DIR_NAME
+            (tmp / CONFIG_NAME).write_text(json.dumps({"format": "cmpo-plural", "version": 1, **cfg}, indent=2))
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(tmp)
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return out
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, dtype=torch.float32, device=None,
+             trust_remote_code: bool = False) -> PluralLM:
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        meta = json.loads((path / CONFIG_NAME).read_text())
+        config = PluralConfig.from_dict(meta)
+        base_ref = config.base_model
+        if (path / base_ref).is_dir():
+            base_ref = str(path / base_ref)
+        plural = cls.from_base(base_ref, config, dtype=dtype, trust_remote_code=trust_remote_code)
+        plural.config.base_model = config.base_model
+        if (path / "tokenizer_config.json").exists():
+            from transformers import AutoTokenizer
+
+            plural.tokenizer = AutoTokenizer.from_pretrained(path)
+        sd = load_file(path / WEIGHTS_NAME)
+        missing, unexpected = plural.load_state_dict(sd, strict=False)
+        expected = set(plural._saved_keys())
+        if unexpected or expected - set(sd):
+            raise ValueError(f"{path / WEIGHTS_NAME}: unexpected {unexpected[:5]}, missing "
+                             f"{sorted(expected - set(sd))[:5]}")
+        if device is not None:
+            plural.to(device)
+        plural.eval()
+        return plural
+
+    @torch.no_grad()
+    def export_state_dict(self, weights) -> dict[str, torch.Tensor]:
+        """State dict of the plain base architecture with λ folded in (LoRA merged, fused lm_head)."""
+        w = self._as_tensor(weights)
+        sd = {}
+        modules = dict(self.model.named_modules())
+        for name, tensor in self.model.state_dict().items():
+            if name.startswith("lm_head.") or ".lora_" in name or ".plural_" in name:
+                continue
+            if ".base_layer." in name:
+                owner_name = name.split(".base_layer.")[0]
+                owner = modules[owner_name]
+                new_name = name.replace(".base_layer.", ".")
+                if name.endswith("weight"):
+                    delta = self._delta_for(owner, w)
+                    tensor = (tensor.to(torch.float64) + delta).to(tensor.dtype) if delta is not None else tensor
+                sd[new_name] = tensor
+            else:
+                sd[name] = tensor
+        head_prefix = [n for n, m in modules.items() if m is self.head][0]
+        sd[f"{head_prefix}.weight"] = self.head.fused_weight(w)
+        return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
+
+    def _delta_for(self, module, w):
+        if isinstance(module, PluralLoRALinear):
+            return module.delta_weight(w)
+        if hasattr(module, "get_delta_weight") and getattr(module, "active_adapters", None):
+            deltas = [module.get_delta_weight(a).to(torch.float64) for a in module.active_adapters
+                      if a in getattr(module, "lora_A", {})]
+            return sum(deltas) if deltas else None
+        return None
+
+    def export(self, weights, out_dir: str | os.PathLike) -> Path:
+        """Write a standard HF checkpoint for a fixed λ that ``AutoModelForCausalLM`` loads with no cmpo code."""
+        from transformers import AutoModelForCausalLM
+
+        sd = self.export_state_dict(weights)
+        config = self.model.config.__class__.from_dict(self.model.config.to_dict())
+        config.tie_word_embeddings = False
+        with torch.device("meta"):
+            plain = AutoModelForCausalLM.from_config(config)
+        plain.load_state_dict(sd, strict=True, assign=True)
+        plain.generation_config = self.model.generation_config
+        out = Path(out_dir)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
+        try:
+            plain.save_pretrained(tmp, safe_serialization=True)
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(tmp)
+            vec = self._as_tensor(weights).tolist()
+            (tmp / "cmpo_export.json").write_text(json.dumps(
+                {"attributes": self.attributes, "weights": vec, "base_model": self.config.base_model,
+                 "template": self.config.template}, indent=2))
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return out
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+class _DtypeAdapter(nn.Module):
+    """Runs a fused head in its own dtype (fp32) on hidden states of any dtype."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.linear = linear
+
+    @property
+    def weight(self):
+        return self.linear.weight
+
+    def forward(self, hidden):
+        return self.linear(hidden.to(self.linear.weight.dtype))
+
+
+def is_plural_dir(path: str | os.PathLike) -> bool:
+    return (Path(path) / CONFIG_NAME).exists()
