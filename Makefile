@@ -21,6 +21,7 @@ demo: install
 	$(BIN)/cmpo demo $(DEMO_ARGS)
 
 test: install
+	sh scripts/ensure-chromium.sh        # Debian chromium for the playground's browser test
 	$(BIN)/python -m pytest -q $(TEST_ARGS)
 
 lint: install

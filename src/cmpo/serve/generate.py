@@ -1,0 +1,684 @@
+"""Generation from any model cmpo trains, behind one interface (:class:`SteerableModel`), and ``cmpo generate``.
+
+Kinds:
+  ``plural``   a CMPO model (``cmpo_config.json``): next-token logits = Σ_j λ_j h W_j. One λ for a batch runs
+               the fused head (one [V, d] matmul, base-model cost); different λs in one batch run the
+               per-example low-rank mix through ``PluralLM.steer(λ [B, k])``.
+  ``steerlm``  a SteerLM ACM (``cmpo_model.json`` kind ``steerlm-acm``): the prompt carries an attribute string
+               (``helpfulness:4,humor:0``) after the assistant turn; unspecified attributes are 0.
+  ``hf``       anything else (base, SFT, DPO, exported steering): plain Hugging Face generation.
+
+Batches are left-padded (pad = eos for SmolLM2) so every row's new tokens start at the same column; only new
+tokens are decoded, and text is cut at stop strings (the caller's plus the template's). The repetition
+penalty counts generated tokens only and never penalises EOS: transformers' own penalty also counts prompt
+tokens, including the ``<|im_end|>`` that closes each turn, so a penalised model rarely stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cmpo.models.steering import SteeringError
+
+MODEL_META = "cmpo_model.json"
+EXPORT_META = "cmpo_export.json"
+
+
+@dataclass
+class GenerationOptions:
+    max_new_tokens: int = 256
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+    def validate(self) -> GenerationOptions:
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+        if self.top_p > 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise ValueError(f"stop strings must be non-empty strings, got {self.stop!r}")
+        return self
+
+    def sampling_key(self) -> tuple:
+        """Options that must be equal for requests to share one ``generate`` call."""
+        if not self.do_sample:
+            return (False, self.repetition_penalty)
+        return (True, self.temperature, self.top_p, self.top_k, self.repetition_penalty, self.seed)
+
+
+# --------------------------------------------------------------------------- SteerLM attribute strings
+
+
+def format_acm_attributes(values: dict | None, attributes: Sequence[str]) -> str:
+    """``{"humor": 4}`` -> ``"helpfulness:0,humor:4"`` in the ACM's attribute order (missing -> 0)."""
+    try:  # the SteerLM trainer owns the canonical format; use it when present
+        from cmpo.train.steerlm import format_attributes  # type: ignore
+
+        return format_attributes(values or {}, list(attributes))
+    except ImportError:
+        pass
+    values = dict(values or {})
+    unknown = [n for n in values if n not in attributes]
+    if unknown:
+        raise SteeringError(f"unknown SteerLM attribute(s) {unknown}; this model has {list(attributes)}")
+    parts = []
+    for name in attributes:
+        v = values.get(name, 0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise SteeringError(f"SteerLM attribute {name!r} needs a finite number, got {v!r}")
+        parts.append(f"{name}:{int(v) if float(v).is_integer() else v}")
+    return ",".join(parts)
+
+
+def parse_attribute_values(spec: str) -> dict[str, float]:
+    """``"humor=4,helpfulness=3"`` (or ``:``) -> ``{"humor": 4, "helpfulness": 3}``."""
+    out: dict[str, float] = {}
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        sep = "=" if "=" in part else ":"
+        if sep not in part:
+            raise SteeringError(f"bad attribute value {part!r}: expected name=value, e.g. humor=4")
+        name, value = (s.strip() for s in part.split(sep, 1))
+        try:
+            v = float(value)
+        except ValueError:
+            raise SteeringError(f"bad value for {name!r}: {value!r} is not a number") from None
+        out[name] = int(v) if v.is_integer() else v
+    return out
+
+
+# --------------------------------------------------------------------------- generation internals
+
+
+@dataclass
+class Row:
+    """One sequence in a batch: its prompt tokens, λ, limits, and (filled in) the result.
+
+    ``on_text(delta)`` is called as text becomes final (streaming); ``cancel`` stops the row early.
+    """
+
+    prompt_ids: list[int]
+    weights: object = None  # torch.Tensor [k] for plural models
+    max_new_tokens: int = 256
+    stop: list[str] = field(default_factory=list)
+    on_text: Callable[[str], None] | None = None
+    cancel: threading.Event | None = None
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    emitted: int = 0
+    finish_reason: str | None = None
+
+
+def _holdback(text: str, stops: Sequence[str]) -> int:
+    """How many trailing chars of ``text`` could start a stop string (must not be streamed yet)."""
+    n = 0
+    for s in stops:
+        for i in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:i]):
+                n = max(n, i)
+                break
+    return n
+
+
+def _make_processors(prompt_len: int, penalty: float, exempt: Sequence[int]):
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class GeneratedRepetitionPenalty(LogitsProcessor):
+        """CTRL-style penalty (logit / p if > 0 else logit · p) on tokens already *generated* in the row;
+        prompt tokens and ``exempt`` (EOS) are never penalised."""
+
+        def __call__(self, input_ids, scores):
+            gen = input_ids[:, prompt_len:]
+            if gen.shape[1] == 0:
+                return scores
+            picked = scores.gather(1, gen)
+            penalised = picked.where(picked < 0, picked / penalty)
+            penalised = penalised.where(picked >= 0, picked * penalty)
+            keep = gen.new_zeros(gen.shape, dtype=bool)
+            for t in exempt:
+                keep |= gen == t
+            out = scores.scatter(1, gen, penalised.where(~keep, picked))
+            return out
+
+    if penalty == 1.0:
+        return LogitsProcessorList()
+    return LogitsProcessorList([GeneratedRepetitionPenalty()])
+
+
+def _row_monitor(rows: list[Row], prompt_len: int, tokenizer, eos_ids: set[int], extra_stops: list[str]):
+    """A StoppingCriteria that also tracks each row's tokens, cuts at stop strings and streams final text."""
+    import torch
+    from transformers import StoppingCriteria
+
+    specials = [s for s in getattr(tokenizer, "all_special_tokens", []) if s]
+
+    def clean(text: str) -> str:
+        for s in specials:
+            text = text.replace(s, "")
+        return text
+
+    class Monitor(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            done = torch.zeros(len(rows), dtype=torch.bool, device=input_ids.device)
+            last = input_ids[:, -1].tolist()
+            for i, row in enumerate(rows):
+                if row.finish_reason is None:
+                    self.step(row, last[i])
+                done[i] = row.finish_reason is not None
+            return done
+
+        @staticmethod
+        def step(row: Row, token: int) -> None:
+            if token in eos_ids:
+                row.finish_reason = "stop"
+                final = row.text
+            else:
+                row.tokens.append(token)
+                raw = tokenizer.decode(row.tokens, skip_special_tokens=False)
+                stops = list(row.stop) + extra_stops
+                cut = min((raw.find(s) for s in stops if s in raw), default=-1)
+                if cut >= 0:
+                    row.finish_reason = "stop"
+                    final = clean(raw[:cut])
+                else:
+                    text = clean(raw)
+                    if len(row.tokens) >= row.max_new_tokens:
+                        row.finish_reason = "length"
+                    elif row.cancel is not None and row.cancel.is_set():
+                        row.finish_reason = "cancelled"
+                    if row.finish_reason is not None:
+                        final = text
+                    else:
+                        row.text = text
+                        # Hold back a possible stop-string prefix and an unfinished UTF-8 character.
+                        safe = len(text) - _holdback(text, stops)
+                        while safe > row.emitted and text[safe - 1] == "\ufffd":
+                            safe -= 1
+                        if row.on_text is not None and safe > row.emitted:
+                            row.on_text(text[row.emitted:safe])
+                        row.emitted = max(row.emitted, safe)
+                        return
+            row.text = final
+            if row.on_text is not None and len(final) > row.emitted:
+                row.on_text(final[row.emitted:])
+            row.emitted = len(final)
+
+    return Monitor()
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class SteerableModel:
+    """Any model cmpo trains, behind one interface."""
+
+    def __init__(self, kind: str, model, tokenizer, template, attributes: list[str] | None = None,
+                 meta: dict | None = None, is_reference: bool = False, path: str | None = None):
+        self.kind = kind
+        self.model = model  # PluralLM for kind plural, else the HF model
+        self.tokenizer = tokenizer
+        self.template = template
+        self.attributes = list(attributes or [])
+        self.meta = dict(meta or {})
+        self.is_reference = is_reference
+        self.path = path
+        self.lock = threading.RLock()  # PluralLM's steering state and head are shared: one generate at a time
+        if tokenizer is not None and tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(cls, name_or_path: str, dtype="float32", device=None) -> SteerableModel:
+        """Auto-detect the kind: ``cmpo_config.json`` -> plural; ``cmpo_model.json`` kind ``steerlm-acm`` ->
+        steerlm; any other dir / HF id / short name (``smollm2-135m``, ``tiny-random``) -> hf."""
+        import torch
+
+        from cmpo.data.templates import PromptTemplate
+        from cmpo.models.loading import load_model, load_tokenizer
+        from cmpo.models.plural import PluralLM, is_plural_dir
+
+        if isinstance(dtype, str):
+            if not isinstance(getattr(torch, dtype, None), torch.dtype):
+                raise ValueError(f"unknown dtype {dtype!r} (use float32, bfloat16 or float16)")  # noqa: TRY004 - bad user input, not a programming error
+            dtype = getattr(torch, dtype)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        path = Path(str(name_or_path))
+        if path.is_dir() and is_plural_dir(path):
+            plural = PluralLM.load(path, dtype=dtype, device=device)
+            tok = plural.tokenizer or load_tokenizer(plural.config.base_model)
+            plural.tokenizer = tok
+            template = PromptTemplate.resolve(plural.config.template, tok)
+            return cls("plural", plural, tok, template, plural.attributes, path=str(path))
+        meta = {}
+        if path.is_dir() and (path / MODEL_META).exists():
+            meta = _read_json(path / MODEL_META)
+        elif path.is_dir() and (path / EXPORT_META).exists():
+            meta = {"kind": "export", **_read_json(path / EXPORT_META)}
+        model, tok = load_model(str(name_or_path), dtype=dtype, device=device)
+        template = PromptTemplate.resolve(meta.get("template"), tok)
+        if meta.get("kind") == "steerlm-acm":
+            attrs = meta.get("attributes")
+            if not isinstance(attrs, list) or not attrs:
+                raise ValueError(f"{path / MODEL_META}: field 'attributes' must be a non-empty list")
+            template.attribute_prefix = meta.get("attribute_prefix", "") or ""
+            return cls("steerlm", model, tok, template, attrs, meta=meta, path=str(path))
+        return cls("hf", model, tok, template, [], meta=meta, path=str(name_or_path))
+
+    def reference(self) -> SteerableModel:
+        """Plural: the exact reference policy π_ref (adapters off, base head), sharing weights. Else self."""
+        if self.kind != "plural":
+            return self
+        ref = SteerableModel(self.kind, self.model, self.tokenizer, self.template, self.attributes,
+                             meta=self.meta, is_reference=True, path=self.path)
+        ref.lock = self.lock
+        return ref
+
+    # ------------------------------------------------------------------ weights and prompts
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def default_weights(self) -> list[float] | None:
+        from cmpo.models.steering import resolve_weights
+
+        if self.kind != "plural":
+            return None
+        cfg = self.model.config
+        if cfg.default_weights:
+            return resolve_weights(cfg.default_weights, self.attributes)
+        return [1.0 / cfg.k] * cfg.k  # PluralLM.default_weights(), as exact Python floats
+
+    def resolve_weights(self, weights) -> list[float] | None:
+        """One user λ (dict | "a=1,b=0" | list | tensor | None) -> list aligned with ``attributes``."""
+        from cmpo.models.steering import resolve_weights
+
+        if self.kind != "plural" or self.is_reference:
+            if weights is not None:
+                what = "the reference policy" if self.is_reference else f"a {self.kind} model"
+                raise SteeringError(f"steering weights given but {what} has no steerable heads")
+            return None
+        if weights is None:
+            return self.default_weights()
+        return resolve_weights(weights, self.attributes)
+
+    def _per_prompt(self, value, n: int, is_single: Callable[[object], bool]) -> list:
+        if isinstance(value, (list, tuple)) and not is_single(value):
+            if len(value) != n:
+                raise ValueError(f"got {len(value)} per-prompt values for {n} prompts")
+            return list(value)
+        return [value] * n
+
+    def prompt_text(self, prompt, attributes: dict | None = None, system: str | None = None) -> str:
+        """The exact text the model sees (training's template; ACM attribute string for SteerLM)."""
+        attr_str = None
+        if self.kind == "steerlm":
+            attr_str = format_acm_attributes(attributes, self.attributes)
+        elif attributes:
+            raise SteeringError(f"attributes= (SteerLM conditioning) given to a {self.kind} model")
+        return self.template.render_prompt(prompt, system=system, attributes=attr_str)
+
+    def encode_prompt(self, prompt, attributes: dict | None = None) -> list[int]:
+        text = self.prompt_text(prompt, attributes)
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(self, prompts: list, weights=None, attributes: dict | list | None = None,
+                 options: GenerationOptions | None = None, batch_size: int = 8,
+                 progress: bool = False) -> list[str]:
+        """Generate one response per prompt (a string or a conversation).
+
+        ``weights``: one λ for all prompts, or a list of per-prompt λs (``None`` entries -> default weights).
+        ``attributes``: SteerLM values, one dict or one per prompt. Returns only the new text.
+        """
+        options = (options or GenerationOptions()).validate()
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a list (of strings or conversations)")
+        n = len(prompts)
+        per_w = self._per_prompt(weights, n, _is_single_weight)
+        per_a = self._per_prompt(attributes, n, lambda v: isinstance(v, dict))
+        rows = []
+        for p, w, a in zip(prompts, per_w, per_a):
+            vec = self.resolve_weights(w)
+            rows.append(Row(self.encode_prompt(p, a), weights=vec, max_new_tokens=options.max_new_tokens,
+                            stop=list(options.stop)))
+        chunks = [rows[i:i + batch_size] for i in range(0, n, max(1, batch_size))]
+        if progress:
+            from tqdm.auto import tqdm
+
+            chunks = tqdm(chunks, desc="generate", unit="batch")
+        for chunk in chunks:
+            self.generate_rows(chunk, options)
+        return [r.text for r in rows]
+
+    def generate_rows(self, rows: list[Row], options: GenerationOptions) -> list[Row]:
+        """Run one ``generate`` call over ``rows`` (which share ``options``' sampling settings; each row has
+        its own λ, max_new_tokens and stop strings). Fills ``row.text`` / ``row.finish_reason``."""
+        import torch
+        from transformers import GenerationConfig, StoppingCriteriaList
+
+        from cmpo.data.templates import stop_strings
+
+        if not rows:
+            return rows
+        tok = self.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        eos_ids = _eos_ids(self.hf_model, tok)
+        t = max(len(r.prompt_ids) for r in rows)
+        ids = torch.full((len(rows), t), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), t), dtype=torch.long)
+        for i, r in enumerate(rows):  # left padding: new tokens start at column t for every row
+            ids[i, t - len(r.prompt_ids):] = torch.tensor(r.prompt_ids, dtype=torch.long)
+            mask[i, t - len(r.prompt_ids):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        config = GenerationConfig(
+            max_new_tokens=max(r.max_new_tokens for r in rows), do_sample=options.do_sample,
+            pad_token_id=pad, eos_token_id=sorted(eos_ids), bos_token_id=getattr(tok, "bos_token_id", None),
+        )
+        if options.do_sample:
+            config.temperature, config.top_p, config.top_k = options.temperature, options.top_p, options.top_k
+        else:
+            config.temperature, config.top_p, config.top_k = None, None, None
+        monitor = _row_monitor(rows, t, tok, eos_ids, stop_strings(self.template))
+        with self.lock, torch.no_grad(), self._head_context(rows):
+            if options.seed is not None:
+                torch.manual_seed(options.seed)
+            self.hf_model.generate(
+                input_ids=ids, attention_mask=mask, generation_config=config,
+                logits_processor=_make_processors(t, float(options.repetition_penalty), sorted(eos_ids)),
+                stopping_criteria=StoppingCriteriaList([monitor]),
+            )
+        for r in rows:
+            if r.finish_reason is None:  # generate stopped at max_new_tokens before the monitor saw it
+                r.finish_reason = "length"
+        return rows
+
+    @property
+    def hf_model(self):
+        return self.model.model if self.kind == "plural" else self.model
+
+    def _head_context(self, rows: list[Row]):
+        import torch
+
+        if self.kind != "plural":
+            return contextlib.nullcontext()
+        if self.is_reference:
+            return self.model.reference()
+        vecs = [tuple(r.weights) for r in rows]
+        if len(set(vecs)) == 1:  # one λ: fold the heads into one matrix (base-model decoding cost)
+            return self.model.fused(list(vecs[0]))
+        return self.model.steer(torch.tensor(vecs, dtype=torch.float32, device=self.device))
+
+
+def _is_single_weight(v) -> bool:
+    """A list of numbers is one λ; a list of dicts/strings/lists/None is one λ per prompt."""
+    return all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+
+
+def _eos_ids(model, tok) -> set[int]:
+    ids = set()
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif isinstance(eos, (list, tuple)):
+        ids.update(eos)
+    if tok.eos_token_id is not None:
+        ids.add(tok.eos_token_id)
+    return ids
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")  # noqa: TRY004 - bad user input, not a programming error
+    return data
+
+
+# --------------------------------------------------------------------------- the `cmpo generate` command
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("generation options")
+    mode = g.add_mutually_exclusive_group()
+    mode.add_argument("--greedy", dest="do_sample", action="store_false", help="greedy decoding (default)")
+    mode.add_argument("--sample", dest="do_sample", action="store_true", help="sample instead of greedy")
+    parser.set_defaults(do_sample=False)
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0, help="0 = off")
+    g.add_argument("--max-new-tokens", "--max-tokens", dest="max_new_tokens", type=int, default=256)
+    g.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="penalise tokens already generated (never the prompt, never EOS); 1 = off")
+    g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    g.add_argument("--seed", type=int, default=None)
+
+
+def options_from_args(args) -> GenerationOptions:
+    return GenerationOptions(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
+                             temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                             repetition_penalty=args.repetition_penalty, stop=list(args.stop),
+                             seed=args.seed).validate()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model dir (plural / SFT / DPO / SteerLM ACM / export), "
+                        "HF id, or short name (smollm2-135m, tiny-random)")
+    parser.add_argument("--method", choices=["auto", "plural", "hf", "steerlm"], default="auto",
+                        help="expected model kind (default: detected from the directory)")
+    w = parser.add_mutually_exclusive_group()
+    w.add_argument("--weights", help="steering λ, e.g. helpfulness=0.7,humor=0.3 (plural models)")
+    w.add_argument("--weights-file", help="JSON object {attribute: weight} or a file holding a=1,b=0")
+    w.add_argument("--reference", action="store_true", help="generate from the reference policy π_ref")
+    parser.add_argument("--attributes", help="SteerLM ACM values, e.g. humor=4,helpfulness=3 (others 0)")
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--prompt", action="append", help="a user prompt (repeatable)")
+    src.add_argument("--input", help="JSONL: one object per line with 'prompt' (string or messages) and "
+                     "optional 'weights' / 'attributes'")
+    src.add_argument("--chat", action="store_true", help="interactive chat on stdin (/weights a=1 to re-steer, "
+                     "/reset, /exit)")
+    parser.add_argument("--output", help="JSONL output for --input (default: stdout)")
+    parser.add_argument("--system", help="system message prepended to every prompt")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--device", default=None, help="cpu | cuda | auto (default: cpu)")
+    add_generation_arguments(parser)
+
+
+def _weights_from_args(args):
+    if args.weights_file:
+        p = Path(args.weights_file)
+        text = p.read_text().strip()
+        if text.startswith("{"):
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise SteeringError(f"{p}: invalid JSON ({e})") from None
+            return data.get("weights", data) if isinstance(data.get("weights"), dict) else data
+        return text
+    return args.weights
+
+
+def _with_system(prompt, system):
+    from cmpo.data.templates import as_messages
+
+    return as_messages(prompt, system) if system else prompt
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: row {i}: invalid JSON ({e})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}: row {i}: expected a JSON object")  # noqa: TRY004 - bad user input, not a programming error
+            p = row.get("prompt")
+            ok = isinstance(p, str) or (isinstance(p, list) and p and all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in p))
+            if not ok:
+                raise ValueError(f"{path}: row {i}: field 'prompt' must be a string or a list of "
+                                 "{role, content} messages")
+            for key, types in (("weights", (dict, str, list)), ("attributes", (dict,))):
+                if row.get(key) is not None and not isinstance(row[key], types):
+                    raise ValueError(f"{path}: row {i}: field '{key}' has the wrong type")
+            row["_line"] = i
+            rows.append(row)
+    return rows
+
+
+def _write_jsonl_atomic(path: str, rows: list[dict]) -> None:
+    import tempfile
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=out.name + ".tmp-", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def run(args) -> int:
+    try:
+        options = options_from_args(args)
+        rows = _read_jsonl(args.input) if args.input else None  # bad input fails before the model loads
+        sm = SteerableModel.load(args.model, dtype=args.dtype, device=args.device)
+        if args.method != "auto" and args.method != sm.kind:
+            raise ValueError(f"--method {args.method} but {args.model} is a {sm.kind} model")
+        if args.reference:
+            sm = sm.reference()
+        weights = _weights_from_args(args)
+        attributes = parse_attribute_values(args.attributes) if args.attributes else None
+        if attributes is not None and sm.kind != "steerlm":
+            raise SteeringError(f"--attributes is for SteerLM ACM models; {args.model} is a {sm.kind} model")
+        sm.resolve_weights(weights)  # fail fast on a bad λ
+        if args.chat:
+            return _chat(sm, weights, attributes, options, args.system)
+        if args.input:
+            return _batch(sm, args, rows, weights, attributes, options)
+        if not args.prompt:
+            raise ValueError("give --prompt, --input or --chat")
+        prompts = [_with_system(p, args.system) for p in args.prompt]
+        outs = sm.generate(prompts, weights=weights, attributes=attributes, options=options,
+                           batch_size=args.batch_size)
+        for text in outs:
+            print(text)
+            if len(outs) > 1:
+                print("-" * 40)
+        return 0
+    except (SteeringError, ValueError, FileNotFoundError, OSError) as e:
+        print(f"cmpo generate: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _batch(sm: SteerableModel, args, rows: list[dict], weights, attributes, options) -> int:
+    prompts, per_w, per_a = [], [], []
+    for r in rows:
+        prompts.append(_with_system(r["prompt"], args.system))
+        w = r.get("weights", weights)
+        a = r.get("attributes", attributes)
+        try:
+            sm.resolve_weights(w)
+            if sm.kind == "steerlm":
+                format_acm_attributes(a, sm.attributes)
+            elif r.get("attributes") is not None:
+                raise SteeringError("'attributes' is only for SteerLM ACM models")
+        except SteeringError as e:
+            raise ValueError(f"{args.input}: row {r['_line']}: field "
+                             f"'{'weights' if 'weights' in r else 'attributes'}': {e}") from None
+        per_w.append(w)
+        per_a.append(a)
+    outs = sm.generate(prompts, weights=per_w, attributes=per_a, options=options,
+                       batch_size=args.batch_size, progress=True)
+    results = []
+    for r, w, text in zip(rows, per_w, outs):
+        r = {k: v for k, v in r.items() if k != "_line"}
+        vec = sm.resolve_weights(w)
+        if vec is not None:
+            r["weights"] = dict(zip(sm.attributes, vec))
+        r["response"] = text
+        results.append(r)
+    if args.output:
+        _write_jsonl_atomic(args.output, results)
+        print(f"wrote {len(results)} responses to {args.output}", file=sys.stderr)
+    else:
+        for r in results:
+            print(json.dumps(r, ensure_ascii=False))
+    return 0
+
+
+def _chat(sm: SteerableModel, weights, attributes, options, system) -> int:
+    from cmpo.models.steering import parse_weight_string
+
+    messages = [{"role": "system", "content": system}] if system else []
+    print(f"[{sm.kind} model{'; attributes ' + ','.join(sm.attributes) if sm.attributes else ''}] "
+          "/weights a=1,b=0 | /attributes humor=4 | /reset | /exit", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            return 0
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            if line in ("/exit", "/quit"):
+                return 0
+            if line == "/reset":
+                messages = messages[:1] if system else []
+                continue
+            if line.startswith("/weights"):
+                new = parse_weight_string(line[len("/weights"):].strip())
+                sm.resolve_weights(new)
+                weights = new
+                continue
+            if line.startswith("/attributes"):
+                attributes = parse_attribute_values(line[len("/attributes"):].strip())
+                format_acm_attributes(attributes, sm.attributes)
+                continue
+            messages.append({"role": "user", "content": line})
+            reply = sm.generate([messages], weights=weights, attributes=attributes, options=options)[0]
+        except (SteeringError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            if messages and messages[-1]["role"] == "user":
+                messages.pop()
+            continue
+        print(reply, flush=True)
+        messages.append({"role": "assistant", "content": reply})

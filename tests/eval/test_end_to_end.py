@@ -1,0 +1,119 @@
+"""End to end on CPU: a tiny plural model with perturbed heads, hand-made prepared data, `cmpo eval`."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+ATTRS = ["conciseness", "enthusiasm", "structure"]
+PROMPTS = ["Explain bread.", "Say hi!", "List two steps.", "Tell me about the fox."]
+
+
+@pytest.fixture(scope="module")
+def plural_dir(tmp_path_factory):
+    from cmpo.models.plural import PluralConfig, PluralLM
+
+    cfg = PluralConfig(attributes=ATTRS, head_mode="lowrank", head_rank=4, adapter="none",
+                       base_model="tiny-random", template="chat")
+    model = PluralLM.from_base("tiny-random", cfg)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # heads perturbed so each condition gives different outputs
+        model.head.B.copy_(torch.randn(model.head.B.shape, generator=gen) * 2.0)
+    return str(model.save(tmp_path_factory.mktemp("m") / "cmpo"))
+
+
+@pytest.fixture(scope="module")
+def prepared_dir(tmp_path_factory):
+    from datasets import Dataset, DatasetDict
+
+    d = tmp_path_factory.mktemp("data") / "prepared"
+    d.mkdir()
+    (d / "meta.json").write_text(json.dumps({"attributes": ATTRS, "template": "chat"}))
+    conv = lambda t: [{"role": "user", "content": t}]
+    sft = [{"prompt_id": f"p{i}", "prompt": conv(p), "response": r,
+            "ratings": json.dumps({"conciseness": c, "enthusiasm": e, "structure": s})}
+           for i, p in enumerate(PROMPTS)
+           for r, c, e, s in [("Fine.", 4, 0, 0), ("Great!! I love it!", 3, 3, 0), ("- one\n- two\n- three", 3, 0, 3)]]
+    pairs = [{"prompt_id": f"p{i}", "prompt": conv(p), "chosen": ch, "rejected": rj, "attribute": a, "margin": 2.0}
+             for i, p in enumerate(PROMPTS)
+             for a, ch, rj in [("conciseness", "Fine.", "Well, that is a long story about bread and more."),
+                               ("enthusiasm", "Wow! Great!", "Okay."), ("structure", "- a\n- b", "a and b")]]
+    for name, rows in (("sft", sft), ("pairs", pairs)):
+        ds = Dataset.from_list(rows)
+        DatasetDict({"train": ds, "validation": ds}).save_to_disk(str(d / name))
+    return str(d)
+
+
+def test_conditioned_logprobs_match_a_manual_forward(plural_dir, tiny_model_dir):
+    from cmpo.eval.metrics import Condition, conditioned_logprobs
+    from cmpo.serve.generate import SteerableModel
+
+    sm = SteerableModel.load(plural_dir)
+    prompts, responses = [[{"role": "user", "content": "Say hi!"}]] * 2, ["Hi!", "- a\n- b"]
+    lam = (0.0, 1.0, 0.0)
+    got = conditioned_logprobs(sm, prompts, responses, Condition(weights=lam), batch_size=1)
+    for i in range(2):
+        p, r = sm.template.encode(prompts[i], responses[i])
+        ids = torch.tensor([p + r])
+        with torch.no_grad():
+            logits = sm.model(ids, torch.ones_like(ids), weights=list(lam)).logits[0].float()
+        lp = torch.log_softmax(logits, -1)[len(p) - 1:-1].gather(-1, torch.tensor(r)[:, None]).sum()
+        assert got[i] == pytest.approx(lp.item(), abs=1e-4)
+    # π_ref of the plural model is exactly the base model
+    base = SteerableModel.load(tiny_model_dir)
+    ref = conditioned_logprobs(sm.reference(), prompts, responses)
+    assert np.allclose(ref, conditioned_logprobs(base, prompts, responses), atol=1e-4)
+    assert not np.allclose(ref, got, atol=1e-2)  # the perturbed head differs from the reference
+    norm = conditioned_logprobs(base, prompts, responses, normalize=True)
+    n_tok = [len(sm.template.encode(p, r)[1]) for p, r in zip(prompts, responses)]
+    assert np.allclose(norm * n_tok, ref, atol=1e-4)
+
+
+@pytest.mark.integration
+def test_cmpo_eval_end_to_end(plural_dir, prepared_dir, tmp_path):
+    from cmpo.cli import main
+
+    logs = tmp_path / "train-logs"
+    logs.mkdir()
+    (logs / "trainer_state.json").write_text(json.dumps({"log_history": [
+        {"step": s, "loss": 0.7 - 0.1 * s, "rewards/accuracies": 0.5 + 0.1 * s} for s in range(1, 4)]}))
+    out = tmp_path / "report"
+    rc = main(["eval", "--models", f"cmpo={plural_dir}", "--data", prepared_dir, "--judge", "rules",
+               "--metrics", "accuracy,correlation,winrate,steerability,pareto", "--pareto", "conciseness,enthusiasm",
+               "--pareto-grid", "3", "--num-prompts", "3", "--max-new-tokens", "12", "--batch-size", "4",
+               "--logs", f"cmpo={logs}", "--out", str(out)])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for attr in ATTRS:
+        acc = metrics["accuracy"]["cmpo"][attr]
+        assert acc["policy"]["n"] == 4 and 0 <= acc["policy"]["accuracy"] <= 1
+        assert acc["implicit_reward"]["n"] == 4
+        assert metrics["correlation"]["cmpo"][attr]["n"] == 12
+        wr = metrics["winrate"]["cmpo"][attr]
+        assert wr["n"] + wr["invalid"] == 3 and wr["wins"] + wr["ties"] + wr["losses"] == wr["n"]
+    st = metrics["steerability"]["cmpo"]
+    assert st["attributes"] == ATTRS and np.array(st["effect"]).shape == (3, 3) and st["n_prompts"] == 3
+    assert 0 <= st["guards"]["reference"]["finished"] <= 1 and st["guards"]["conciseness"]["reference_perplexity"] > 1
+    pareto = metrics["pareto"]["cmpo"]
+    assert [p["t"] for p in pareto["points"]] == [1.0, 0.5, 0.0] and pareto["hypervolume"] >= 0
+    assert metrics["settings"]["num_prompts"] == 3 and metrics["settings"]["max_new_tokens"] == 12
+    html_text = (out / "report.html").read_text()
+    for name, rel in metrics["plots"].items():
+        png = (out / rel).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and f'data-plot="{name}"' in html_text
+    assert set(metrics["plots"]) >= {"winrate", "accuracy", "reward_accuracy", "correlation", "heatmap_cmpo",
+                                     "pareto", "training"}
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    from cmpo.cli import main
+
+    assert main(["eval", "--models", "oops", "--out", str(tmp_path)]) == 2
+    assert "--models: 'oops' is not NAME=DIR" in capsys.readouterr().err
+    assert main(["eval", "--models", "a=x", "--metrics", "speed", "--out", str(tmp_path)]) == 2
+    assert "--metrics: unknown metric(s) ['speed']" in capsys.readouterr().err
+    assert main(["eval", "--models", "a=x", "--data", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
+    assert "meta.json not found" in capsys.readouterr().err
+    assert main(["eval", "--models", "a=x", "--judge", "gpt", "--out", str(tmp_path)]) == 2
+    assert "unknown judge 'gpt'" in capsys.readouterr().err
