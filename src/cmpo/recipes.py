@@ -8,6 +8,7 @@ A recipe is a YAML mapping whose top-level sections match config dataclasses (fo
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -29,10 +30,24 @@ def load_recipe(path: str | Path | None) -> dict[str, Any]:
     p = Path(path)
     if not p.exists():
         raise RecipeError(f"recipe not found: {p}")
-    data = yaml.safe_load(p.read_text()) or {}
+    data = _numbers(yaml.safe_load(p.read_text()) or {})
     if not isinstance(data, dict):
         raise RecipeError(f"{p}: a recipe must be a YAML mapping, got {type(data).__name__}")
     return data
+
+
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)$")
+
+
+def _numbers(value):
+    """YAML 1.1 reads ``5e-6`` (no dot) as a string; recipes mean a number."""
+    if isinstance(value, dict):
+        return {k: _numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    if isinstance(value, str) and _FLOAT.match(value.strip()):
+        return float(value)
+    return value
 
 
 def apply_overrides(recipe: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
@@ -42,7 +57,7 @@ def apply_overrides(recipe: dict[str, Any], overrides: Iterable[str]) -> dict[st
         if "=" not in item:
             raise RecipeError(f"override {item!r} is not key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = _numbers(yaml.safe_load(raw)) if raw != "" else ""
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:

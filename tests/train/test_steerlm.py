@@ -102,7 +102,7 @@ def tiny_lm(tiny_model_dir):
 def test_apm_distributions_shape_and_normalised(tiny_lm, objective):
     from cmpo.train.steerlm_apm import AttributePredictor
 
-    lm, tok = tiny_lm
+    lm, _ = tiny_lm
     torch.manual_seed(0)
     model = AttributePredictor(lm, ["a", "b", "c"], objective).eval()
     ids = torch.randint(3, 400, (4, 7))
@@ -169,9 +169,8 @@ def test_apm_trains_saves_and_scores_like_before_saving(tmp_path, prepared):
 
 @pytest.fixture(scope="module")
 def frozen_apm(tmp_path_factory):
-    from tests.train.conftest import make_prepared
-
     from cmpo.train.steerlm_apm import train_apm
+    from tests.train.conftest import make_prepared
 
     root = tmp_path_factory.mktemp("apm")
     data = make_prepared(root / "prepared", n_pairs=22)

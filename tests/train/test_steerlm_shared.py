@@ -66,3 +66,24 @@ def oasst_prepared(shared: Path, root: Path, validation_fraction: float = 0.25) 
             {"prompt_id": parent["message_id"], "prompt": [{"role": "user", "content": parent["text"]}],
              "response": m["text"], "ratings": json.dumps(ratings)})
     return _save(root, rows, OASST_ATTRS, "oasst1")
+
+
+@pytest.mark.integration
+def test_apm_beats_majority_class_on_real_ratings(tmp_path, shared_data, smollm_dir):
+    """Frozen SmolLM2 trunk + cached pooled features; only the heads train (a few seconds after one forward
+    pass over ~220 short sequences)."""
+    from cmpo.train.steerlm_apm import APMRunConfig, train_apm
+
+    data = topical_chat_prepared(shared_data, tmp_path / "prepared")
+    cfg = APMRunConfig.load(str(Path(__file__).resolve().parents[2] / "recipes" / "steerlm-apm-cpu.yaml"), [
+        f"model.name={smollm_dir}", "data.max_length=64", "data.max_prompt_length=24",
+        "data.max_train_samples=160", "train.num_train_epochs=40", "train.disable_tqdm=true"])
+    cfg.train.output_dir = str(tmp_path / "ckpt")
+    out = train_apm(cfg, data, tmp_path / "apm")
+    metrics = json.loads((out / "apm_metrics.json").read_text())["validation"]
+    assert set(metrics) == set(USR_SCALES)
+    for m in metrics.values():
+        assert m["n"] > 0 and 0 <= m["accuracy"] <= 1 and 0 <= m["majority_accuracy"] <= 1
+    gains = {a: m["accuracy"] - m["majority_accuracy"] for a, m in metrics.items()}
+    print(json.dumps(metrics, indent=1))
+    assert max(gains.values()) > 0, gains

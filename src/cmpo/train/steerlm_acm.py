@@ -61,15 +61,15 @@ def attribute_string(raw_ratings, attributes: list[str], round_values: bool, whe
     except json.JSONDecodeError as e:
         raise ValueError(f"{where}: field 'ratings' is not JSON ({e})") from None
     if not isinstance(r, dict):
-        raise ValueError(f"{where}: field 'ratings' must be a JSON object")
+        raise ValueError(f"{where}: field 'ratings' must be a JSON object")  # noqa: TRY004 - bad data
     values = {}
     for a in attributes:
         v = r.get(a)
         if v is None:
             return None
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ValueError(f"{where}: field 'ratings' value for {a!r} must be a number, got {v!r}")
-        values[a] = int(round(v)) if round_values else v
+            raise ValueError(f"{where}: field 'ratings' value for {a!r} must be a number, got {v!r}")  # noqa: TRY004
+        values[a] = round(v) if round_values else v
     return format_attributes(values, attributes, default=None)
 
 
@@ -140,8 +140,8 @@ def train_acm(cfg: ACMRunConfig, data: str | os.PathLike, out: str | os.PathLike
     best = {}
     if eval_ds is not None:  # thesis: keep the checkpoint with the lowest validation loss
         strategy = cfg.train.eval_strategy if cfg.train.eval_strategy != "no" else "epoch"
-        best = dict(eval_strategy=strategy, save_strategy=strategy, load_best_model_at_end=True,
-                    metric_for_best_model="eval_loss", greater_is_better=False)
+        best = {"eval_strategy": strategy, "save_strategy": strategy, "load_best_model_at_end": True,
+                "metric_for_best_model": "eval_loss", "greater_is_better": False}
         if strategy == "steps":
             best["save_steps"] = cfg.train.eval_steps or cfg.train.save_steps
     args = _training_args(cfg, out, **best)

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from cmpo.train.config import DataConfig, ModelConfig, TrainConfig
 
@@ -172,7 +172,7 @@ def parse_ratings(raw, attributes: list[str], num_classes: int, where: str) -> l
     except json.JSONDecodeError as e:
         raise ValueError(f"{where}: field 'ratings' is not JSON ({e})") from None
     if not isinstance(r, dict):
-        raise ValueError(f"{where}: field 'ratings' must be a JSON object, got {type(r).__name__}")
+        raise ValueError(f"{where}: field 'ratings' must be a JSON object, got {type(r).__name__}")  # noqa: TRY004
     out = []
     for a in attributes:
         v = r.get(a)
@@ -471,8 +471,8 @@ def train_apm(cfg: APMRunConfig, data: str | os.PathLike, out: str | os.PathLike
     best = {}
     if eval_ds is not None:  # thesis: keep the checkpoint with the lowest validation loss
         strategy = cfg.train.eval_strategy if cfg.train.eval_strategy != "no" else "epoch"
-        best = dict(eval_strategy=strategy, save_strategy=strategy, load_best_model_at_end=True,
-                    metric_for_best_model="eval_loss", greater_is_better=False)
+        best = {"eval_strategy": strategy, "save_strategy": strategy, "load_best_model_at_end": True,
+                "metric_for_best_model": "eval_loss", "greater_is_better": False}
         if strategy == "steps":
             best["save_steps"] = cfg.train.eval_steps or cfg.train.save_steps
     args = _training_args(cfg, out, **best)
