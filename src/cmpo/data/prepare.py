@@ -141,8 +141,12 @@ def _dataset_dict(kind: str, cols: dict, is_val: np.ndarray):
 def prepare(records: Sequence[Record], attributes: Sequence[str], scheme: str = "powerset", template=None, *,
             max_length_sft: int | None = 2048, max_length_pairs: int | None = 512, val_fraction: float = 0.05,
             seed: int = 0, select: str = "best", row_stats: RowStats | None = None,
-            source: dict | None = None) -> PreparedData:
-    """Records -> :class:`PreparedData`. ``template=None`` skips the length filter."""
+            source: dict | None = None, validation_prompt_ids: set[str] | None = None) -> PreparedData:
+    """Records -> :class:`PreparedData`. ``template=None`` skips the length filter.
+
+    ``validation_prompt_ids`` fixes the validation split (e.g. the demo's held-out prompts) instead of a
+    seeded ``val_fraction`` draw.
+    """
     attributes = list(attributes)
     k = len(attributes)
     if scheme not in SCHEMES:
@@ -181,7 +185,8 @@ def prepare(records: Sequence[Record], attributes: Sequence[str], scheme: str = 
                                          if scheme == "ratio" else (None, None)))
 
     # ---- split
-    val_ids = split_prompts([r.prompt_id for r in records], val_fraction, seed)
+    val_ids = (set(validation_prompt_ids) if validation_prompt_ids is not None
+               else split_prompts([r.prompt_id for r in records], val_fraction, seed))
     rec_val = np.array([r.prompt_id in val_ids for r in records], dtype=bool)
 
     # ---- datasets
