@@ -40,7 +40,6 @@ def setup(args) -> torch.device:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.manual_seed(args.seed)
-    _malloc_tuning()
     dev = args.device
     if dev == "auto":
         dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -66,17 +65,9 @@ def summary(values: list[float]) -> dict:
 
 # ---------------------------------------------------------------------------------------------- memory
 
-def _malloc_tuning() -> None:
-    """glibc: a fixed mmap threshold so freed large tensors go back to the OS (RSS then tracks live memory
-    between configurations measured in one process; the default threshold grows and keeps freed blocks)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD = 64 KiB (also disables the dynamic threshold)
-    except (OSError, AttributeError):
-        pass
-
-
 def release_memory() -> None:
+    """Free what the previous configuration left: GC, CUDA cache, and glibc ``malloc_trim`` (returns freed heap
+    pages to the OS, so RSS growth measures the next configuration rather than allocator slack)."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -197,7 +188,7 @@ def matmul_params(model) -> tuple[int, int]:
     Input embeddings are a lookup, not a matmul, and are excluded; a head tied to them is counted once as
     the head.
     """
-    import torch.nn as nn
+    from torch import nn
 
     head = model.get_output_embeddings()
     n = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear) and m is not head)

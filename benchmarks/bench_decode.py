@@ -23,11 +23,11 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_common_arguments, emit, load_base, setup, summary, timer, versions  # noqa: E402
+from _common import add_common_arguments, emit, load_base, setup, summary, timer, versions
 
 VARIANTS = ("base", "naive", "fused", "mixed", "fused_lora")
 

@@ -15,8 +15,10 @@ with adapters off, loss, backward) + ``optimizer.step()`` + ``zero_grad``. Round
 (excluded), then ``--steps`` timed steps. Peak memory = peak growth (CPU: RSS sampled; CUDA:
 max_memory_allocated) while building the model + optimizer and running the steps.
 
-FLOPs: model FLOPs per step = 8·N·tokens (6·N·tokens policy forward+backward, 2·N·tokens reference forward),
-N = trunk Linear parameters + one V·d LM head, tokens = 2·batch·(prompt+response). The same base-model count
+FLOPs: model FLOPs per step = 6·N·tokens = 2·N (policy forward) + 2·N (backward through the frozen trunk: input
+gradients only; LoRA weight gradients are negligible) + 2·N (reference forward), N = trunk Linear parameters + one
+V·d LM head, tokens = 2·batch·(prompt+response). cmpo runs the head on response positions only, so for cmpo this
+overcounts the head term (~10 % of N·tokens for SmolLM2 at prompt = response length). The same base-model count
 is used for every configuration (k heads are not counted), so MFU ratios equal throughput ratios. Peak =
 best [2048,2048] matmul FLOP/s in the same dtype, same process and thread count.
 
@@ -35,8 +37,20 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (PeakMemory, add_common_arguments, emit, is_random, load_base, matmul_params,  # noqa: E402
-                     peak_matmul_flops, release_memory, setup, summary, timer, versions)
+from _common import (
+    PeakMemory,
+    add_common_arguments,
+    emit,
+    is_random,
+    load_base,
+    matmul_params,
+    peak_matmul_flops,
+    release_memory,
+    setup,
+    summary,
+    timer,
+    versions,
+)
 
 LORA = dict(r=16, alpha=32.0, targets=["q_proj", "k_proj", "v_proj", "o_proj"])
 LR = 5e-6
@@ -170,8 +184,8 @@ def _preimport(configs) -> None:
     import peft  # noqa: F401
     import transformers.trainer  # noqa: F401
 
-    import cmpo.models.plural  # noqa: F401
-    import cmpo.train.runs  # noqa: F401
+    import cmpo.models.plural
+    import cmpo.train.runs
     import cmpo.train.trainers  # noqa: F401
     if "trl" in configs:
         import datasets  # noqa: F401
@@ -191,6 +205,8 @@ def main(argv=None) -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--steps", type=int, default=2, help="timed steps per configuration and round")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--full-rounds", type=int, default=None,
+                    help="rounds for full-head configurations (slow on CPU; default: --rounds)")
     add_common_arguments(ap)
     a = ap.parse_args(argv)
     device = setup(a)
@@ -211,17 +227,19 @@ def main(argv=None) -> None:
     vocab = probe.get_output_embeddings().weight.shape[0]
     del probe
     release_memory()
-    peak = peak_matmul_flops(device, dtype)
+    peak = peak_matmul_flops(device, dtype, n=8192 if device.type == "cuda" else 2048)
     tokens = 2 * a.batch * (a.prompt_len + a.response_len)
-    flops_step = 8 * n_params * tokens
+    flops_step = 6 * n_params * tokens
     emit({"bench": "train", "kind": "setup", "model": a.model, "dtype": a.dtype, "device": str(device),
           "threads": a.threads, "batch_pairs": a.batch, "prompt_len": a.prompt_len, "response_len": a.response_len,
           "tokens_per_step": tokens, "matmul_params_N": n_params, "head_params": head_params,
-          "model_flops_per_step": flops_step, "flops_formula": "8*N*tokens (6N policy fwd+bwd + 2N reference fwd)",
+          "model_flops_per_step": flops_step, "flops_formula": "6*N*tokens (2N policy fwd + 2N backward through the frozen trunk + 2N reference fwd)",
           "peak_matmul_flops": peak, "versions": versions()})
     results: dict[str, list[dict]] = {c: [] for c in configs}
     for r in range(a.rounds):
         order = configs if r % 2 == 0 else configs[::-1]
+        if a.full_rounds is not None and r >= a.full_rounds:
+            order = [c for c in order if not c.startswith("cmpo-full-")]
         for c in order:
             res = measure(c, a, device, dtype, vocab)
             results[c].append(res)

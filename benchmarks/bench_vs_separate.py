@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_common_arguments, emit, setup, versions  # noqa: E402
+from _common import add_common_arguments, emit, setup, versions
 
-WORDS = "the a model answer helpful clear short long detail list step example reason fact kind safe".split()
+WORDS = ["the", "a", "model", "answer", "helpful", "clear", "short", "long", "detail", "list", "step", "example", "reason", "fact", "kind", "safe"]
 
 
 def make_records(n_prompts: int, n_responses: int, k: int, seed: int):
@@ -38,8 +38,8 @@ def make_records(n_prompts: int, n_responses: int, k: int, seed: int):
     rng = np.random.default_rng(seed)
     recs = []
     for i in range(n_prompts):
-        prompt = [{"role": "user", "content": " ".join(rng.choice(WORDS, 12)) + f" ({i})?"}]
-        responses = [" ".join(rng.choice(WORDS, int(rng.integers(20, 40)))) + "." for _ in range(n_responses)]
+        prompt = [{"role": "user", "content": " ".join(rng.choice(WORDS, 6)) + f" ({i})?"}]
+        responses = [" ".join(rng.choice(WORDS, int(rng.integers(8, 16)))) + "." for _ in range(n_responses)]
         ratings = rng.integers(0, 5, (n_responses, k)).astype(np.float32)
         recs.append(Record(prompt, responses, ratings=ratings, prompt_id=f"{i:016x}"))
     return recs
@@ -84,6 +84,10 @@ def main(argv=None) -> None:
     from datasets import disable_progress_bars, load_from_disk
 
     disable_progress_bars()
+    import peft  # noqa: F401
+    import transformers.trainer
+
+    import cmpo.train.trainers  # noqa: F401 - first-import cost must not land on whichever run goes first
     from cmpo.data.prepare import prepare
     from cmpo.data.templates import PromptTemplate
     from cmpo.models.loading import load_tokenizer

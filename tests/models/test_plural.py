@@ -258,3 +258,39 @@ def test_bf16_trunk_keeps_head_in_fp32(tiny_model_dir, batch):
     with torch.no_grad():
         logits = plural(ids, mask, weights=torch.tensor([1.0, 0.0, 0.0])).logits
     assert logits.dtype == torch.float32
+
+
+@pytest.mark.parametrize("adapter", ["plural", "shared", "none"])
+def test_adapter_layers_and_prefix_cache_match_full_forward(tiny_model_dir, adapter):
+    """Adapters on the last layer only; the frozen-prefix cache gives the same hidden states and grads."""
+    from cmpo.models.loading import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    enc = tok(["one two three four", "be funny!"], return_tensors="pt", padding=True)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    lam = torch.tensor([[1.0, 0.0, 0.0], [0.2, 0.5, 0.3]])
+    results = []
+    for cached in (False, True, True):
+        plural = make_plural(tiny_model_dir, "lowrank", adapter, adapter_layers=1)
+        perturb(plural, scale=0.1)
+        if adapter != "none":
+            names = [n for n, p in plural.named_parameters() if p.requires_grad and "lm_head" not in n]
+            assert names and all(".layers.1." in n for n in names), names  # last of 2 layers only
+        if cached:
+            cache = plural.enable_prefix_cache()
+            plural.hidden_states(ids, mask, weights=lam)  # fill the cache
+        hidden = plural.hidden_states(ids, mask, weights=lam)
+        ref = plural.hidden_states(ids, mask, reference=True)
+        if hidden.requires_grad:  # adapter "none": the trunk has nothing to train
+            hidden[mask.bool()].pow(2).mean().backward()
+        grads = {n: p.grad for n, p in plural.named_parameters() if p.grad is not None}
+        results.append((hidden.detach(), ref.detach(), grads))
+        if cached:
+            assert cache.hits > 0
+    real = mask.bool()  # padded positions are never read (masked), so only real tokens must agree
+    for hidden, ref, grads in results[1:]:
+        torch.testing.assert_close(hidden[real], results[0][0][real], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ref[real], results[0][1][real], atol=1e-5, rtol=1e-5)
+        assert grads.keys() == results[0][2].keys()
+        for n in grads:
+            torch.testing.assert_close(grads[n], results[0][2][n], atol=1e-5, rtol=1e-4)

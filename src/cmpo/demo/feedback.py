@@ -21,7 +21,7 @@ STYLE_INSTRUCTIONS: dict[str, str] = {
     "plain": "",
     "concise": "Answer in one short sentence.",
     "list": "Answer as a short bulleted list.",
-    "enthusiastic": "Answer with great enthusiasm and lots of exclamation marks!",
+    "enthusiastic": "Reply in an excited, cheerful tone! Use at least three exclamation marks!",
 }
 
 
@@ -68,7 +68,7 @@ def sample_candidates(model, prompts: list[str], styles: list[str], temperatures
     ``model`` is a :class:`cmpo.serve.generate.SteerableModel`. Returns rows
     ``{"prompt", "style", "temperature", "response", "finished"}``.
     """
-    from cmpo.serve.generate import GenerationOptions
+    from cmpo.serve.generate import GenerationOptions, Row
 
     jobs = [(p, s, t) for p in prompts for s in styles for t in temperatures]
     rows: list[dict] = []
@@ -77,10 +77,17 @@ def sample_candidates(model, prompts: list[str], styles: list[str], temperatures
         opts = GenerationOptions(max_new_tokens=max_new_tokens, do_sample=True, temperature=temp, top_p=0.95,
                                  seed=seed, repetition_penalty=1.1)
         texts = [styled_prompt(p, s) for p, s in batch]
-        outs = model.generate_detailed(texts, options=opts, batch_size=batch_size, progress=progress)
-        for (p, s), out in zip(batch, outs):
-            rows.append({"prompt": p, "style": s, "temperature": temp, "response": out["text"].strip(),
-                         "finished": bool(out["finished"])})
+        gen_rows = [Row(model.encode_prompt(t), max_new_tokens=max_new_tokens) for t in texts]
+        chunks = [gen_rows[i:i + batch_size] for i in range(0, len(gen_rows), batch_size)]
+        if progress:
+            from tqdm.auto import tqdm
+
+            chunks = tqdm(chunks, desc=f"sample (T={temp})", unit="batch")
+        for chunk in chunks:
+            model.generate_rows(chunk, opts)
+        for (p, s), row in zip(batch, gen_rows):
+            rows.append({"prompt": p, "style": s, "temperature": temp, "response": row.text.strip(),
+                         "finished": row.finish_reason == "stop"})
     return rows
 
 

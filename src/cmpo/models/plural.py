@@ -63,6 +63,7 @@ class PluralConfig:
     adapter_alpha: float = 32.0
     adapter_dropout: float = 0.0
     adapter_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    adapter_layers: int | None = None  # adapters on the last N decoder layers only (None: all layers)
     full_finetune: bool = False
     base_model: str = "smollm2-135m"
     template: str = "chat"
@@ -141,13 +142,16 @@ class PluralHead(nn.Module):
     """
 
     def __init__(self, base_weight: torch.Tensor, k: int, mode: HeadMode, rank: int, alpha: float,
-                 state: SteeringState, dtype: torch.dtype = torch.float32, seed: int = 0):
+                 state: SteeringState, dtype: torch.dtype = torch.float32, seed: int = 0, share_base: bool = False):
         super().__init__()
         vocab, hidden = base_weight.shape
         self.k, self.mode, self.rank, self.state = k, mode, rank, state
         self.scaling = alpha / rank if mode == "lowrank" else 1.0
-        w0 = base_weight.detach().to(dtype).clone()
+        # W0 is frozen: share the base head's storage when nothing else can modify it (saves a V×d copy).
+        w0 = base_weight.detach()
+        w0 = w0 if (share_base and w0.dtype == dtype) else w0.to(dtype).clone()
         self.base_weight = nn.Parameter(w0, requires_grad=False)
+        self._fused_cache: tuple | None = None
         if mode == "full":
             self.heads = nn.Parameter(w0.unsqueeze(0).repeat(k, 1, 1))  # [k, V, d]
         else:
@@ -187,9 +191,25 @@ class PluralHead(nn.Module):
             return self.heads[j]
         return self.base_weight + self.scaling * self.B[:, j, :] @ self.A[j]
 
+    def _param_version(self) -> tuple:
+        params = (self.heads,) if self.mode == "full" else (self.A, self.B)
+        return tuple((p.data_ptr(), p._version) for p in (self.base_weight, *params))
+
     @torch.no_grad()
     def fused_weight(self, weights: torch.Tensor) -> torch.Tensor:
-        """Σ_j λ_j W_j as one [V, d] matrix (computed in float64 for exactness, returned in head dtype)."""
+        """Σ_j λ_j W_j as one [V, d] matrix (computed in float64 for exactness, returned in head dtype).
+
+        The last result is cached, keyed by λ and the parameters' in-place version counters, so repeated
+        generation with the same steering does not rebuild it.
+        """
+        key = (tuple(weights.detach().cpu().tolist()), self._param_version())
+        if self._fused_cache is not None and self._fused_cache[0] == key:
+            return self._fused_cache[1]
+        fused = self._fused_weight(weights)
+        self._fused_cache = (key, fused)
+        return fused
+
+    def _fused_weight(self, weights: torch.Tensor) -> torch.Tensor:
         w = weights.to(torch.float64)
         if self.mode == "full":
             fused = torch.einsum("j,jvd->vd", w, self.heads.to(torch.float64))
@@ -270,9 +290,11 @@ class PluralLM(nn.Module):
         if config.adapter == "shared":
             from peft import LoraConfig, get_peft_model
 
+            layers = self._adapted_layer_ids(model)
             lora = LoraConfig(r=config.adapter_rank, lora_alpha=config.adapter_alpha,
                               lora_dropout=config.adapter_dropout, target_modules=config.adapter_targets,
-                              bias="none")
+                              bias="none", layers_to_transform=layers,
+                              layers_pattern="layers" if layers is not None else None)
             torch.manual_seed(config.init_seed)
             self._peft = get_peft_model(model, lora)  # injects LoRA layers into `model` in place
             if config.full_finetune:
@@ -280,7 +302,7 @@ class PluralLM(nn.Module):
         elif config.adapter == "plural":
             self._wrap_plural_adapters(model)
         plural_head = PluralHead(head.weight, config.k, config.head_mode, config.head_rank, config.head_alpha,
-                                 self.state, seed=config.init_seed)
+                                 self.state, seed=config.init_seed, share_base=not config.full_finetune)
         _set_lm_head(model, plural_head)
         self.model = model
 
@@ -297,10 +319,26 @@ class PluralLM(nn.Module):
             base, tokenizer = load_model(str(base), dtype=dtype, trust_remote_code=trust_remote_code)
         return cls(base, config, tokenizer=tokenizer)
 
+    def _adapted_layer_ids(self, model) -> list[int] | None:
+        n = self.config.adapter_layers
+        if n is None:
+            return None
+        total = len(_decoder_layers(model))
+        if not 1 <= n <= total:
+            raise ValueError(f"adapter_layers={n}: the model has {total} decoder layers")
+        return list(range(total - n, total))
+
     def _wrap_plural_adapters(self, model) -> None:
         targets = set(self.config.adapter_targets)
+        layer_ids = self._adapted_layer_ids(model)
+        allowed = None
+        if layer_ids is not None:
+            layers = _decoder_layers(model)
+            allowed = {id(m) for i in layer_ids for m in layers[i].modules()}
         found = 0
         for i, (name, module) in enumerate(list(model.named_modules())):
+            if allowed is not None and id(module) not in allowed:
+                continue
             for child_name, child in list(module.named_children()):
                 if child_name in targets and isinstance(child, nn.Linear):
                     wrapped = PluralLoRALinear(child, self.config.k, self.config.adapter_rank,
@@ -359,8 +397,29 @@ class PluralLM(nn.Module):
         ctx = self.reference() if reference else self.state.use(self._as_tensor(weights) if weights is not None
                                                                   else self.state.weights)
         with ctx:
+            if self._prefix_cache is not None and not kwargs:
+                return self._prefix_cache.hidden_states(self.trunk, input_ids, attention_mask)
             out = self.trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+    _prefix_cache = None
+
+    def enable_prefix_cache(self) -> FrozenPrefixCache:
+        """Cache the output of the frozen decoder layers below the first adapted layer (training speed-up).
+
+        Valid when only the last ``adapter_layers`` layers (and the heads) train: everything below them is
+        a fixed function of the tokens, so each sequence runs through those layers once per training run.
+        """
+        if self.config.full_finetune:
+            raise ValueError("the prefix cache needs a frozen trunk (full_finetune=False)")
+        layer_ids = self._adapted_layer_ids(self.model)
+        start = layer_ids[0] if layer_ids is not None else (len(_decoder_layers(self.model))
+                                                          if self.config.adapter == "none" else 0)
+        self._prefix_cache = FrozenPrefixCache(start)
+        return self._prefix_cache
+
+    def disable_prefix_cache(self) -> None:
+        self._prefix_cache = None
 
     def _as_tensor(self, weights) -> torch.Tensor:
         if isinstance(weights, torch.Tensor):
@@ -409,10 +468,9 @@ class PluralLM(nn.Module):
     def mixed_head(self, weights) -> nn.Linear:
         """The exact fused head Σ_j λ_j W_j as one bias-free linear layer (decoding at base-model cost)."""
         w = self._as_tensor(weights)
-        fused = self.head.fused_weight(w)
-        layer = nn.Linear(fused.shape[1], fused.shape[0], bias=False, device=fused.device, dtype=fused.dtype)
-        layer.weight.data.copy_(fused)
-        layer.requires_grad_(False)
+        fused = self.head.fused_weight(w)  # cached per λ; shared, never modified in place
+        layer = nn.Linear(fused.shape[1], fused.shape[0], bias=False, device="meta")
+        layer.weight = nn.Parameter(fused, requires_grad=False)
         return layer
 
     @contextlib.contextmanager
@@ -561,6 +619,67 @@ class PluralLM(nn.Module):
 
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def _decoder_layers(model) -> nn.ModuleList:
+    trunk = getattr(model, model.base_model_prefix, model)
+    layers = getattr(trunk, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise NotImplementedError(f"{type(trunk).__name__} has no `layers` ModuleList: adapter_layers and the "
+                                  "prefix cache support Llama-style decoders")
+    return layers
+
+
+class FrozenPrefixCache:
+    """Per-sequence outputs of decoder layers ``[0, start)``, keyed by the sequence's tokens.
+
+    ``hidden_states`` runs the bottom layers only for sequences not seen before (no grad), then the top layers
+    ``[start, L)`` + final norm from the cached states via ``inputs_embeds``. Positions and the causal mask are
+    rebuilt from ``attention_mask`` exactly as in a full forward pass.
+    """
+
+    def __init__(self, start: int):
+        self.start = start
+        self.store: dict[bytes, torch.Tensor] = {}
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def _key(ids: torch.Tensor, mask: torch.Tensor) -> bytes:
+        # Positions are arange(T) whatever the padding, so the key includes where the tokens start.
+        pos = mask.nonzero()
+        offset = int(pos[0]) if len(pos) else 0
+        return offset.to_bytes(4, "little") + ids[mask.bool()].cpu().numpy().tobytes()
+
+    @contextlib.contextmanager
+    def _layers(self, trunk, lo: int, hi: int | None, keep_norm: bool):
+        layers, norm = trunk.layers, trunk.norm
+        trunk.layers = nn.ModuleList(list(layers)[lo:hi])
+        if not keep_norm:
+            trunk.norm = nn.Identity()
+        try:
+            yield
+        finally:
+            trunk.layers, trunk.norm = layers, norm
+
+    def hidden_states(self, trunk, input_ids, attention_mask):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        keys = [self._key(i, m) for i, m in zip(input_ids, attention_mask)]
+        missing = [b for b, k in enumerate(keys) if k not in self.store]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            with torch.no_grad(), self._layers(trunk, 0, self.start, keep_norm=False):
+                out = trunk(input_ids=input_ids[missing], attention_mask=attention_mask[missing], use_cache=False)
+            for row, b in enumerate(missing):
+                self.store[keys[b]] = out.last_hidden_state[row][attention_mask[b].bool()].detach()
+        first = self.store[keys[0]]
+        prefix = first.new_zeros(*input_ids.shape, first.shape[-1])
+        for b, k in enumerate(keys):
+            prefix[b, attention_mask[b].bool()] = self.store[k]
+        with self._layers(trunk, self.start, None, keep_norm=True):
+            out = trunk(inputs_embeds=prefix, attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state
 
 
 class _DtypeAdapter(nn.Module):

@@ -50,6 +50,8 @@ class ModelConfig(_Coerce):
     head_rank: int = 16
     head_alpha: float = 16.0
     adapter: str = "shared"  # shared (thesis) | plural | none
+    adapter_layers: int | None = None  # adapters on the last N decoder layers only (None: all)
+    prefix_cache: bool = False  # cache the frozen layers below the adapters once per sequence (CPU speed-up)
     init_seed: int = 0
     gradient_checkpointing: bool = False
 

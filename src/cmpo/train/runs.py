@@ -279,7 +279,8 @@ def build_plural(cfg: RunConfig, attributes: list[str], template_spec: str | Non
     pc = PluralConfig(attributes=list(attributes), head_mode=m.head_mode, head_rank=m.head_rank,
                       head_alpha=m.head_alpha, adapter=m.adapter, adapter_rank=m.lora_rank,
                       adapter_alpha=m.lora_alpha, adapter_dropout=m.lora_dropout,
-                      adapter_targets=list(m.lora_targets), full_finetune=m.full_finetune,
+                      adapter_targets=list(m.lora_targets), adapter_layers=m.adapter_layers,
+                      full_finetune=m.full_finetune,
                       base_model=m.name, template=template_spec or "chat", init_seed=m.init_seed)
     return PluralLM.from_base(m.name, pc, dtype=_dtype(m.dtype), trust_remote_code=m.trust_remote_code)
 
@@ -347,6 +348,8 @@ def run_cmpo(cfg: RunConfig, data: str | Path, out: str | Path, resume=None, cal
                                  f"{data}/conditioned/{cfg.data.eval_split}")
     if cfg.model.gradient_checkpointing:
         plural.gradient_checkpointing_enable()
+    if cfg.model.prefix_cache:
+        plural.enable_prefix_cache()
     policy = PolicyModel(plural, cfg.train.logprob_chunk_size)
 
     if cfg.warm_start.enabled:
@@ -374,6 +377,7 @@ def run_cmpo(cfg: RunConfig, data: str | Path, out: str | Path, resume=None, cal
                                 loss_type=cfg.loss.loss_type, attributes=attributes,
                                 callbacks=callbacks)
     trainer.train(resume_from_checkpoint=_resume_arg(resume, args.output_dir))
+    plural.disable_prefix_cache()
     if args.should_save:
         plural.save(out)
     trainer.accelerator.wait_for_everyone()
