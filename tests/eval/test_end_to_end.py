@@ -30,7 +30,8 @@ def prepared_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("data") / "prepared"
     d.mkdir()
     (d / "meta.json").write_text(json.dumps({"attributes": ATTRS, "template": "chat"}))
-    conv = lambda t: [{"role": "user", "content": t}]
+    def conv(t):
+        return [{"role": "user", "content": t}]
     sft = [{"prompt_id": f"p{i}", "prompt": conv(p), "response": r,
             "ratings": json.dumps({"conciseness": c, "enthusiasm": e, "structure": s})}
            for i, p in enumerate(PROMPTS)

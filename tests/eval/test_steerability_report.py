@@ -54,7 +54,8 @@ def test_training_curves_from_trainer_state(tmp_path):
 
 
 def _results():
-    acc = lambda a: {"accuracy": a, "correct": 3, "ties": 0, "n": 4, "ci95": [a - 0.2, min(1, a + 0.2)]}
+    def acc(a):
+        return {"accuracy": a, "correct": 3, "ties": 0, "n": 4, "ci95": [a - 0.2, min(1, a + 0.2)]}
     return {
         "settings": {"seed": 0, "num_prompts": 4, "max_new_tokens": 32},
         "models": {"cmpo": {"kind": "plural", "attributes": ["a", "b"], "paths": ["x"]}},

@@ -39,7 +39,8 @@ def test_cmpo_with_one_attribute_equals_dpo(tiny_model_dir, head_mode):
     cfg.model.name, cfg.model.head_mode, cfg.model.lora_rank = tiny_model_dir, head_mode, 4
     plural = build_plural(cfg, ["only"])
     dpo_model = _lora(load_model(tiny_model_dir)[0], cfg)
-    lora = lambda m: [(n.split("base_model.model.")[-1], p) for n, p in m.named_parameters() if "lora_" in n]
+    def lora(m):
+        return [(n.split("base_model.model.")[-1], p) for n, p in m.named_parameters() if "lora_" in n]
     pl, dl = dict(lora(plural)), dict(lora(dpo_model))
     assert pl.keys() == dl.keys() and len(pl) > 0
     for n in pl:  # same LoRA init from the same seed

@@ -53,7 +53,7 @@ def test_plural_chunked_equals_naive_per_example_weights(tiny_model_dir, head_mo
     plural = PluralLM.from_base(tiny_model_dir, PluralConfig(["a", "b"], head_mode=head_mode, adapter=adapter,
                                                             head_rank=4, adapter_rank=4))
     with torch.no_grad():  # move away from the init so heads/adapters matter
-        for n, p in plural.named_parameters():
+        for _n, p in plural.named_parameters():
             if p.requires_grad:
                 p.add_(0.05 * torch.randn_like(p))
     b = _batch()

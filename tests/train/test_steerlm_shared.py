@@ -37,7 +37,7 @@ def _save(root: Path, rows: dict, attributes: list[str], source: str) -> Path:
 def topical_chat_prepared(shared: Path, root: Path, validation_fraction: float = 0.25) -> Path:
     """270 USR-rated Topical-Chat responses; prompt = the dialogue (turns alternate, last one the user's)."""
     rows = {"train": [], "validation": []}
-    for i, line in enumerate((shared / "topical_chat_usr" / "topical_chat_usr.jsonl").read_text().splitlines()):
+    for _i, line in enumerate((shared / "topical_chat_usr" / "topical_chat_usr.jsonl").read_text().splitlines()):
         r = json.loads(line)
         turns = [t.strip() for t in r["source"].strip().split("\n") if t.strip()]
         msgs = [{"role": "user" if (len(turns) - 1 - j) % 2 == 0 else "assistant", "content": t}

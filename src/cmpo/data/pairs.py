@@ -71,10 +71,10 @@ def build_pair_table(records: Sequence[Record], k: int, eligible: Sequence[np.nd
         n = len(rec.responses)
         D = np.zeros((n, n, k), dtype=np.float32)
         L = np.zeros((n, n, k), dtype=bool)
-        for w, l, a in rec.prefs:
-            D[w, l, a] += 1
-            D[l, w, a] -= 1
-            L[w, l, a] = L[l, w, a] = True
+        for w, lo, a in rec.prefs:
+            D[w, lo, a] += 1
+            D[lo, w, a] -= 1
+            L[w, lo, a] = L[lo, w, a] = True
         ii, jj = np.nonzero(~np.eye(n, dtype=bool))
         ok = np.ones(len(ii), dtype=bool) if eligible is None else eligible[i][ii] & eligible[i][jj]
         nan = np.full((len(ii), k), np.nan, dtype=np.float32)

@@ -274,7 +274,7 @@ def group_records(items: list[tuple[str, list[dict], list[str], list, list[dict]
                     g["ratings"].append(feedback[i])
             pos.append(j)
         if pairwise:
-            g["prefs"].extend((pos[w], pos[l], a) for w, l, a in feedback)
+            g["prefs"].extend((pos[w], pos[lo], a) for w, lo, a in feedback)
     out = []
     for pid, g in by_id.items():
         ratings = None if pairwise else np.asarray(g["ratings"], dtype=np.float32).reshape(-1, k)

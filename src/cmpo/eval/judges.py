@@ -331,7 +331,7 @@ class OpenAIJudge(Judge):
     def compare(self, prompts, responses_a, responses_b, attribute, progress=False, **_) -> list[Verdict]:
         _check_lengths(prompts, responses_a, responses_b)
         jobs = []  # (row, order, first, second)
-        for i, (p, a, b) in enumerate(zip(prompts, responses_a, responses_b)):
+        for i, (_p, a, b) in enumerate(zip(prompts, responses_a, responses_b)):
             jobs.append((i, 0, a, b))
             if self.both_orders:
                 jobs.append((i, 1, b, a))

@@ -336,7 +336,7 @@ class PluralLM(nn.Module):
             layers = _decoder_layers(model)
             allowed = {id(m) for i in layer_ids for m in layers[i].modules()}
         found = 0
-        for i, (name, module) in enumerate(list(model.named_modules())):
+        for _i, (_name, module) in enumerate(list(model.named_modules())):
             if allowed is not None and id(module) not in allowed:
                 continue
             for child_name, child in list(module.named_children()):
