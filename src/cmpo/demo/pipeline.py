@@ -59,7 +59,7 @@ class DemoConfig:
 
     @classmethod
     def quick(cls, **kw) -> DemoConfig:
-        cfg = cls(train_prompts=24, heldout_prompts=8, max_new_tokens=64, pareto_grid=3, max_eval_pairs=16, **kw)
+        cfg = cls(train_prompts=20, heldout_prompts=6, max_new_tokens=48, pareto_grid=3, max_eval_pairs=12, **kw)
         cfg.train_overrides = ["warm_start.max_steps=6", "train.max_steps=6"] + cfg.train_overrides
         return cfg
 
