@@ -55,7 +55,7 @@ class DemoConfig:
     pareto: list[str] = field(default_factory=lambda: ["conciseness", "enthusiasm"])
     pareto_grid: int = 5
     eval_batch_size: int = 24
-    max_eval_pairs: int = 48  # held-out pairs per attribute for conditioned preference accuracy
+    max_eval_pairs: int = 32  # held-out pairs per attribute for conditioned preference accuracy
 
     @classmethod
     def quick(cls, **kw) -> DemoConfig:
@@ -80,16 +80,19 @@ def demo_run_config(cfg: DemoConfig, data_dir: Path):
     from cmpo.recipes import apply_overrides
     from cmpo.train.config import RunConfig, load_run_config
 
+    # Setting G of docs/steerability.md: λ-mixed ("plural") adapters on the top 8 layers with the frozen
+    # prefix cached, plural SFT warm start, then plain DPO (ε = 0) at a moderate LR. cDPO (ε = 0.1) after the
+    # warm start pulls the margins back to its cap and undid the steering (setting F).
     base = {
         "kind": "cmpo",
         "model": {"name": cfg.model, "head_mode": "lowrank", "head_rank": 8, "head_alpha": 8,
-                  "adapter": "plural", "lora_rank": 8, "lora_alpha": 16, "adapter_layers": 4,
+                  "adapter": "plural", "lora_rank": 8, "lora_alpha": 16, "adapter_layers": 8,
                   "prefix_cache": True},
         "data": {"path": str(data_dir), "max_length": 224, "max_prompt_length": 96},
-        "loss": {"beta": 0.5, "epsilon": 0.1, "loss_type": "sigmoid"},
+        "loss": {"beta": 0.5, "epsilon": 0.0, "loss_type": "sigmoid"},
         "reference": {"precompute": True},
-        "warm_start": {"enabled": True, "top_fraction": 0.25, "learning_rate": 1e-3, "max_steps": 30},
-        "train": {"learning_rate": 1e-3, "max_steps": 30, "per_device_train_batch_size": 4,
+        "warm_start": {"enabled": True, "top_fraction": 0.25, "learning_rate": 1e-3, "max_steps": 80},
+        "train": {"learning_rate": 2e-4, "max_steps": 40, "per_device_train_batch_size": 4,
                   "logging_steps": 2, "save_strategy": "no", "seed": cfg.seed, "weight_decay": 0.01},
     }
     del RunConfig
