@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -38,15 +37,15 @@ from typing import Literal
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from cmpo.models.layers import HeadMode, PluralHead, PluralLoRALinear, SteeringState
+from cmpo.models.prefix_cache import FrozenPrefixCache, _decoder_layers
 from cmpo.models.steering import SteeringError, resolve_weights
 
 CONFIG_NAME = "cmpo_config.json"
 WEIGHTS_NAME = "plural.safetensors"
 BASE_DIR_NAME = "base"
 
-HeadMode = Literal["full", "lowrank"]
 AdapterMode = Literal["shared", "plural", "none"]
 
 
@@ -88,168 +87,6 @@ class PluralConfig:
     def from_dict(cls, d: dict) -> PluralConfig:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
-
-
-class SteeringState:
-    """The weight vector the plural layers read: ``[k]`` (one λ for the batch) or ``[B, k]`` (per example).
-
-    ``reference=True`` makes every plural layer behave like the base model.
-    """
-
-    def __init__(self):
-        self.weights: torch.Tensor | None = None
-        self.reference: bool = False
-
-    def snapshot(self) -> tuple[torch.Tensor | None, bool]:
-        return self.weights, self.reference
-
-    @contextlib.contextmanager
-    def use(self, weights: torch.Tensor | None = None, reference: bool = False):
-        saved = self.snapshot()
-        self.weights, self.reference = weights, reference
-        try:
-            yield self
-        finally:
-            self.weights, self.reference = saved
-
-    def require(self) -> torch.Tensor:
-        if self.weights is None:
-            raise SteeringError(
-                "no steering weights set: pass weights=... or use `with model.steer(weights):`"
-            )
-        return self.weights
-
-
-def _expand(weights: torch.Tensor, lead_shape: torch.Size) -> torch.Tensor:
-    """Broadcast λ ([k] or [B, k]) against activations with leading dims ``lead_shape`` -> [..., k]."""
-    if weights.dim() == 1:
-        return weights.view(*([1] * len(lead_shape)), -1)
-    if weights.dim() == 2 and len(lead_shape) >= 1:
-        if weights.shape[0] != lead_shape[0]:
-            raise SteeringError(
-                f"per-example weights have batch {weights.shape[0]} but activations have batch {lead_shape[0]}"
-            )
-        return weights.view(weights.shape[0], *([1] * (len(lead_shape) - 1)), weights.shape[1])
-    if weights.shape[:-1] == lead_shape:
-        return weights
-    raise SteeringError(f"cannot broadcast weights {tuple(weights.shape)} to activations {tuple(lead_shape)}")
-
-
-class PluralHead(nn.Module):
-    """k LM heads mixed by λ. ``forward(hidden [.., d], weights [k] | [B, k] | None) -> logits [.., V]``.
-
-    Computation runs in the head's dtype (fp32 by default) whatever the trunk's dtype.
-    """
-
-    def __init__(self, base_weight: torch.Tensor, k: int, mode: HeadMode, rank: int, alpha: float,
-                 state: SteeringState, dtype: torch.dtype = torch.float32, seed: int = 0, share_base: bool = False):
-        super().__init__()
-        vocab, hidden = base_weight.shape
-        self.k, self.mode, self.rank, self.state = k, mode, rank, state
-        self.scaling = alpha / rank if mode == "lowrank" else 1.0
-        # W0 is frozen: share the base head's storage when nothing else can modify it (saves a V×d copy).
-        w0 = base_weight.detach()
-        w0 = w0 if (share_base and w0.dtype == dtype) else w0.to(dtype).clone()
-        self.base_weight = nn.Parameter(w0, requires_grad=False)
-        self._fused_cache: tuple | None = None
-        if mode == "full":
-            self.heads = nn.Parameter(w0.unsqueeze(0).repeat(k, 1, 1))  # [k, V, d]
-        else:
-            gen = torch.Generator().manual_seed(seed)
-            bound = 1.0 / math.sqrt(hidden)  # peft's LoRA A init: kaiming_uniform(a=√5) == U(±1/√fan_in)
-            a = (torch.rand(k, rank, hidden, generator=gen, dtype=torch.float64) * 2 - 1) * bound
-            self.A = nn.Parameter(a.to(dtype))  # [k, r, d]
-            self.B = nn.Parameter(torch.zeros(vocab, k, rank, dtype=dtype))  # [V, k, r]
-
-    @property
-    def vocab_size(self) -> int:
-        return self.base_weight.shape[0]
-
-    def base_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden.to(self.base_weight.dtype), self.base_weight)
-
-    def forward(self, hidden: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        if self.state.reference and weights is None:
-            return self.base_logits(hidden)
-        w = self.state.require() if weights is None else weights
-        h = hidden.to(self.base_weight.dtype)
-        w = _expand(w.to(h.dtype), h.shape[:-1])  # [.., k]
-        if self.mode == "full":
-            logits = None
-            for j in range(self.k):  # one [.., V] buffer at a time
-                term = w[..., j : j + 1] * F.linear(h, self.heads[j])
-                logits = term if logits is None else logits + term
-            return logits
-        u = F.linear(h, self.A.view(self.k * self.rank, -1))  # [.., k·r]
-        u = (u.view(*u.shape[:-1], self.k, self.rank) * w.unsqueeze(-1)).flatten(-2)
-        delta = F.linear(u, self.B.view(self.vocab_size, self.k * self.rank))  # [.., V]
-        return w.sum(-1, keepdim=True) * F.linear(h, self.base_weight) + self.scaling * delta
-
-    def head_weight(self, j: int) -> torch.Tensor:
-        """W_j: [V, d]."""
-        if self.mode == "full":
-            return self.heads[j]
-        return self.base_weight + self.scaling * self.B[:, j, :] @ self.A[j]
-
-    def _param_version(self) -> tuple:
-        params = (self.heads,) if self.mode == "full" else (self.A, self.B)
-        return tuple((p.data_ptr(), p._version) for p in (self.base_weight, *params))
-
-    @torch.no_grad()
-    def fused_weight(self, weights: torch.Tensor) -> torch.Tensor:
-        """Σ_j λ_j W_j as one [V, d] matrix (computed in float64 for exactness, returned in head dtype).
-
-        The last result is cached, keyed by λ and the parameters' in-place version counters, so repeated
-        generation with the same steering does not rebuild it.
-        """
-        key = (tuple(weights.detach().cpu().tolist()), self._param_version())
-        if self._fused_cache is not None and self._fused_cache[0] == key:
-            return self._fused_cache[1]
-        fused = self._fused_weight(weights)
-        self._fused_cache = (key, fused)
-        return fused
-
-    def _fused_weight(self, weights: torch.Tensor) -> torch.Tensor:
-        w = weights.to(torch.float64)
-        if self.mode == "full":
-            fused = torch.einsum("j,jvd->vd", w, self.heads.to(torch.float64))
-        else:
-            a = self.A.to(torch.float64) * w.view(-1, 1, 1)  # [k, r, d]
-            b = self.B.to(torch.float64).view(self.vocab_size, -1)
-            fused = w.sum() * self.base_weight.to(torch.float64) + self.scaling * b @ a.view(-1, a.shape[-1])
-        return fused.to(self.base_weight.dtype)
-
-
-class PluralLoRALinear(nn.Module):
-    """A linear layer plus per-attribute LoRA deltas mixed by λ: y = x W0ᵀ + s·((x Aᵀ) ⊙ λ) Bᵀ."""
-
-    def __init__(self, base_layer: nn.Linear, k: int, rank: int, alpha: float, state: SteeringState,
-                 seed: int = 0):
-        super().__init__()
-        self.base_layer, self.k, self.rank, self.state = base_layer, k, rank, state
-        self.scaling = alpha / rank
-        d_out, d_in = base_layer.weight.shape
-        gen = torch.Generator().manual_seed(seed)
-        bound = 1.0 / math.sqrt(d_in)
-        a = (torch.rand(k * rank, d_in, generator=gen, dtype=torch.float64) * 2 - 1) * bound
-        dtype = base_layer.weight.dtype
-        self.plural_A = nn.Parameter(a.to(dtype))  # [k·r, d_in]
-        self.plural_B = nn.Parameter(torch.zeros(d_out, k * rank, dtype=dtype))  # [d_out, k·r]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base_layer(x)
-        if self.state.reference or self.state.weights is None:
-            return y
-        w = _expand(self.state.weights.to(x.dtype), x.shape[:-1])  # [.., k]
-        u = F.linear(x, self.plural_A)
-        u = (u.view(*u.shape[:-1], self.k, self.rank) * w.unsqueeze(-1)).flatten(-2)
-        return y + self.scaling * F.linear(u, self.plural_B)
-
-    @torch.no_grad()
-    def delta_weight(self, weights: torch.Tensor) -> torch.Tensor:
-        """s·Σ_j λ_j B_j A_j: [d_out, d_in] (float64)."""
-        lam = weights.to(torch.float64).repeat_interleave(self.rank)
-        return self.scaling * self.plural_B.to(torch.float64) @ (self.plural_A.to(torch.float64) * lam[:, None])
 
 
 def _get_lm_head(model) -> nn.Module:
@@ -619,67 +456,6 @@ class PluralLM(nn.Module):
 
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
-
-
-def _decoder_layers(model) -> nn.ModuleList:
-    trunk = getattr(model, model.base_model_prefix, model)
-    layers = getattr(trunk, "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise NotImplementedError(f"{type(trunk).__name__} has no `layers` ModuleList: adapter_layers and the "
-                                  "prefix cache support Llama-style decoders")
-    return layers
-
-
-class FrozenPrefixCache:
-    """Per-sequence outputs of decoder layers ``[0, start)``, keyed by the sequence's tokens.
-
-    ``hidden_states`` runs the bottom layers only for sequences not seen before (no grad), then the top layers
-    ``[start, L)`` + final norm from the cached states via ``inputs_embeds``. Positions and the causal mask are
-    rebuilt from ``attention_mask`` exactly as in a full forward pass.
-    """
-
-    def __init__(self, start: int):
-        self.start = start
-        self.store: dict[bytes, torch.Tensor] = {}
-        self.hits = self.misses = 0
-
-    @staticmethod
-    def _key(ids: torch.Tensor, mask: torch.Tensor) -> bytes:
-        # Positions are arange(T) whatever the padding, so the key includes where the tokens start.
-        pos = mask.nonzero()
-        offset = int(pos[0]) if len(pos) else 0
-        return offset.to_bytes(4, "little") + ids[mask.bool()].cpu().numpy().tobytes()
-
-    @contextlib.contextmanager
-    def _layers(self, trunk, lo: int, hi: int | None, keep_norm: bool):
-        layers, norm = trunk.layers, trunk.norm
-        trunk.layers = nn.ModuleList(list(layers)[lo:hi])
-        if not keep_norm:
-            trunk.norm = nn.Identity()
-        try:
-            yield
-        finally:
-            trunk.layers, trunk.norm = layers, norm
-
-    def hidden_states(self, trunk, input_ids, attention_mask):
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        keys = [self._key(i, m) for i, m in zip(input_ids, attention_mask)]
-        missing = [b for b, k in enumerate(keys) if k not in self.store]
-        self.hits += len(keys) - len(missing)
-        self.misses += len(missing)
-        if missing:
-            with torch.no_grad(), self._layers(trunk, 0, self.start, keep_norm=False):
-                out = trunk(input_ids=input_ids[missing], attention_mask=attention_mask[missing], use_cache=False)
-            for row, b in enumerate(missing):
-                self.store[keys[b]] = out.last_hidden_state[row][attention_mask[b].bool()].detach()
-        first = self.store[keys[0]]
-        prefix = first.new_zeros(*input_ids.shape, first.shape[-1])
-        for b, k in enumerate(keys):
-            prefix[b, attention_mask[b].bool()] = self.store[k]
-        with self._layers(trunk, self.start, None, keep_norm=True):
-            out = trunk(inputs_embeds=prefix, attention_mask=attention_mask, use_cache=False)
-        return out.last_hidden_state
 
 
 class _DtypeAdapter(nn.Module):
