@@ -30,7 +30,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -38,6 +37,7 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
+from cmpo.io import atomic_dir
 from cmpo.models.layers import HeadMode, PluralHead, PluralLoRALinear, SteeringState
 from cmpo.models.prefix_cache import FrozenPrefixCache, _decoder_layers
 from cmpo.models.steering import SteeringError, resolve_weights
@@ -343,9 +343,7 @@ class PluralLM(nn.Module):
         from safetensors.torch import save_file
 
         out = Path(out_dir)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
-        try:
+        with atomic_dir(out) as tmp:
             sd = self.state_dict()
             tensors = {k: sd[k].detach().contiguous().cpu() for k in self._saved_keys()}
             save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt", "cmpo": "plural"})
@@ -358,11 +356,6 @@ class PluralLM(nn.Module):
             (tmp / CONFIG_NAME).write_text(json.dumps({"format": "cmpo-plural", "version": 1, **cfg}, indent=2))
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp)
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return out
 
     @classmethod
@@ -437,9 +430,7 @@ class PluralLM(nn.Module):
         plain.load_state_dict(sd, strict=True, assign=True)
         plain.generation_config = self.model.generation_config
         out = Path(out_dir)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
-        try:
+        with atomic_dir(out) as tmp:
             plain.save_pretrained(tmp, safe_serialization=True)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp)
@@ -447,11 +438,6 @@ class PluralLM(nn.Module):
             (tmp / "cmpo_export.json").write_text(json.dumps(
                 {"attributes": self.attributes, "weights": vec, "base_model": self.config.base_model,
                  "template": self.config.template}, indent=2))
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return out
 
     def num_trainable_parameters(self) -> int:

@@ -12,11 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
+from cmpo.io import atomic_dir
 from cmpo.models.steering import SteeringError
 
 
@@ -51,9 +50,7 @@ def export_model(model_dir: str | os.PathLike, weights, out_dir: str | os.PathLi
     values = SteerableModel("plural", plural, plural.tokenizer, None, plural.attributes).resolve_weights(weights)
     vec = torch.tensor(values, dtype=torch.float32)
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         staged = plural.export(vec, tmp / "model")
         if dtype != "float32":
             from transformers import AutoModelForCausalLM
@@ -64,11 +61,9 @@ def export_model(model_dir: str | os.PathLike, weights, out_dir: str | os.PathLi
                 "attributes": plural.attributes, "weights": dict(zip(plural.attributes, values)),
                 "source": str(model_dir)}
         (staged / "cmpo_model.json").write_text(json.dumps(meta, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staged, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for f in staged.iterdir():  # the staged export becomes the atomic dir's content
+            os.replace(f, tmp / f.name)
+        staged.rmdir()
     return out
 
 

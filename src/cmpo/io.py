@@ -1,0 +1,28 @@
+"""Atomic output directories: build in a temporary sibling, then one rename (no half-written results)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
+    """``with atomic_dir(out) as tmp:`` write into ``tmp``; on success ``tmp`` replaces ``out`` in one rename.
+
+    On an exception nothing at ``out`` changes and the temporary directory is removed.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
