@@ -17,7 +17,8 @@ def test_cli_prepare_oasst(shared_data, tmp_path, tiny_model_dir, capsys):
     rows = data.stats["rows"]
     assert rows["read"] == 1477 == rows["accounted"]
     cond = data.conditioned["train"]
-    assert set(cond.column_names) == {"prompt_id", "prompt", "chosen", "rejected", "weights", "condition", "margin"}
+    assert set(cond.column_names) == {"prompt_id", "prompt", "chosen", "rejected", "chosen_finished", "rejected_finished",
+                                     "weights", "condition", "margin"}
     for row in cond.select(range(min(50, len(cond)))):
         assert row["prompt"][-1]["role"] == "user" and len(row["weights"]) == 2 and row["margin"] > 0
         assert {a for a, w in zip(["quality", "humor"], row["weights"]) if w > 0} == set(row["condition"])

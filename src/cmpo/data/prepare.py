@@ -103,7 +103,7 @@ def token_lengths(records: Sequence[Record], template) -> tuple[list[int], list[
     for s in tqdm(range(0, len(records), bs), desc="tokenizing", unit="batch", disable=len(records) < 2000):
         batch = records[s:s + bs]
         p_len += [len(x) for x in tok(prompts[s:s + bs], add_special_tokens=False)["input_ids"]]
-        texts = [template.response_text(y) for r in batch for y in r.responses]
+        texts = [template.response_text(y, r.is_finished(j)) for r in batch for j, y in enumerate(r.responses)]
         lens = [len(x) for x in tok(texts, add_special_tokens=False)["input_ids"]] if texts else []
         o = 0
         for r in batch:
@@ -118,8 +118,10 @@ def _features(kind: str):
     msg = List({"role": Value("string"), "content": Value("string")})
     base = {"prompt_id": Value("string"), "prompt": msg}
     if kind == "sft":
-        return Features({**base, "response": Value("string"), "ratings": Value("string")})
-    pair = {**base, "chosen": Value("string"), "rejected": Value("string")}
+        return Features({**base, "response": Value("string"), "ratings": Value("string"),
+                         "finished": Value("bool")})
+    pair = {**base, "chosen": Value("string"), "rejected": Value("string"),
+            "chosen_finished": Value("bool"), "rejected_finished": Value("bool")}
     if kind == "pairs":
         return Features({**pair, "attribute": Value("string"), "margin": Value("float32")})
     return Features({**pair, "weights": List(Value("float32")), "condition": List(Value("string")),
@@ -207,13 +209,16 @@ def prepare(records: Sequence[Record], attributes: Sequence[str], scheme: str = 
     sft = _dataset_dict("sft", {
         "prompt_id": [pids[i] for i in sft_rec], "prompt": [records[i].prompt for i in sft_rec],
         "response": [records[i].responses[j] for i, j in zip(sft_rec, sft_resp)],
-        "ratings": [rating_json(i, j) for i, j in zip(sft_rec, sft_resp)]}, rec_val[sft_rec])
+        "ratings": [rating_json(i, j) for i, j in zip(sft_rec, sft_resp)],
+        "finished": [records[i].is_finished(j) for i, j in zip(sft_rec, sft_resp)]}, rec_val[sft_rec])
 
     def pair_cols(rows):
         rec, c, r = table.rec[rows], table.c[rows], table.r[rows]
         return rec, {"prompt_id": [pids[i] for i in rec], "prompt": [records[i].prompt for i in rec],
                      "chosen": [records[i].responses[j] for i, j in zip(rec, c)],
-                     "rejected": [records[i].responses[j] for i, j in zip(rec, r)]}
+                     "rejected": [records[i].responses[j] for i, j in zip(rec, r)],
+                     "chosen_finished": [records[i].is_finished(j) for i, j in zip(rec, c)],
+                     "rejected_finished": [records[i].is_finished(j) for i, j in zip(rec, r)]}
 
     rec, cols = pair_cols(a_rows)
     pairs = _dataset_dict("pairs", {**cols, "attribute": list(names[a_attr]), "margin": a_margin}, rec_val[rec])

@@ -5,6 +5,8 @@ per-response feedback on the selected attributes (index order = ``attributes`` =
 
   ``ratings``  float32 ``[n_responses, k]`` on the 0–4 Likert scale, NaN = not rated   (scalar feedback)
   ``prefs``    list of ``(winner, loser, attribute_index)``                          (pairwise feedback)
+  ``finished`` bool ``[n_responses]`` or None (= all finished): False marks a response cut off by a sampling
+               budget; it is trained and scored without an end-of-turn token
 
 Rows are read by :func:`iter_rows` (JSONL/JSON read here so errors can name the line; parquet/csv and hub ids
 through ``datasets``). A bad row raises :class:`DataError` naming file, line and field, unless the
@@ -44,23 +46,34 @@ class Record:
     ratings: np.ndarray | None = None          # [n, k] float32, NaN = missing
     prefs: list[tuple[int, int, int]] = field(default_factory=list)
     info: list[dict] | None = None             # per-response extras kept in the SFT rows (e.g. is_safe)
+    finished: np.ndarray | None = None         # [n] bool, None = every response finished
     source: str = ""                           # where the record's first row was read
     prompt_id: str = ""
 
     def __post_init__(self):
         if not self.prompt_id:
             self.prompt_id = prompt_id(self.prompt)
+        if self.finished is not None:
+            self.finished = np.asarray(self.finished, dtype=bool)
+            if self.finished.shape != (len(self.responses),):
+                raise ValueError(f"{self.source or 'record'}: finished has shape {self.finished.shape}, expected "
+                                 f"({len(self.responses)},)")
+
+    def is_finished(self, j: int) -> bool:
+        return True if self.finished is None else bool(self.finished[j])
 
     @classmethod
     def from_ratings(cls, prompt, responses: Sequence[str], ratings: Sequence[dict[str, float]],
-                     attributes: Sequence[str], source: str = "") -> Record:
+                     attributes: Sequence[str], source: str = "",
+                     finished: Sequence[bool] | None = None) -> Record:
         """In-memory scalar feedback (e.g. rule raters): ``ratings[i][attr]`` on 0–4, missing keys = NaN."""
         arr = np.full((len(responses), len(attributes)), np.nan, dtype=np.float32)
         for i, r in enumerate(ratings):
             for j, a in enumerate(attributes):
                 if a in r and r[a] is not None:
                     arr[i, j] = float(r[a])
-        return cls(as_conversation(prompt), list(responses), ratings=arr, source=source)
+        return cls(as_conversation(prompt), list(responses), ratings=arr, source=source,
+                   finished=None if finished is None else list(finished))
 
 
 def as_conversation(prompt) -> list[dict[str, str]]:

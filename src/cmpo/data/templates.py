@@ -14,7 +14,9 @@ SteerLM's ACM puts an attribute string right after the Assistant turn (thesis Ta
 
 Tokenization: prompt and response are tokenized separately and concatenated, so the response tokens (which
 carry the loss) are identical wherever the same pair is used. The response ends with the end-of-turn token
-(``<|im_end|>`` for ChatML), which stays in the loss: that is how length/conciseness is learned.
+(``<|im_end|>`` for ChatML), which stays in the loss: that is how length/conciseness is learned. A response
+marked ``finished=False`` (cut off by a sampling budget) gets no end-of-turn token: training on it must not
+teach the model to stop there.
 """
 
 from __future__ import annotations
@@ -106,8 +108,11 @@ class PromptTemplate:
                 parts.append(f"<extra_id_1>Assistant\n{m['content']}\n")
         return f"<extra_id_0>System\n{system}\n" + "".join(parts) + "<extra_id_1>Assistant\n"
 
-    def response_text(self, response: str) -> str:
-        """The text the model should generate for ``response``, including its end-of-turn marker."""
+    def response_text(self, response: str, finished: bool = True) -> str:
+        """The text the model should generate for ``response``: with its end-of-turn marker if ``finished``,
+        the bare text if it was cut off."""
+        if not finished:
+            return response
         if self.name == "chat":
             # Render a one-turn conversation with and without the answer; the difference is the response.
             probe = [{"role": "user", "content": "x"}]
@@ -123,13 +128,14 @@ class PromptTemplate:
 
     # -------------------------------------------------------------- tokenization
     def encode(self, prompt, response: str | None = None, system: str | None = None,
-               attributes: str | None = None) -> tuple[list[int], list[int]]:
-        """-> (prompt_ids, response_ids). ``response=None`` gives ``[]`` for the response."""
+               attributes: str | None = None, finished: bool = True) -> tuple[list[int], list[int]]:
+        """-> (prompt_ids, response_ids). ``response=None`` gives ``[]`` for the response; ``finished=False``
+        leaves out the end-of-turn token."""
         tok = self.tokenizer
         p_ids = tok(self.render_prompt(prompt, system, attributes), add_special_tokens=False)["input_ids"]
         if response is None:
             return list(p_ids), []
-        r_ids = tok(self.response_text(response), add_special_tokens=False)["input_ids"]
+        r_ids = tok(self.response_text(response, finished), add_special_tokens=False)["input_ids"]
         return list(p_ids), list(r_ids)
 
 

@@ -7,11 +7,14 @@ demo resumes from the last finished stage):
                  instructions (candidates.jsonl)
   2. feedback    rule raters score every response on each attribute, 0–4 (feedback.jsonl, generic format)
   3. prepare     λ-conditioned pairs, powerset scheme; held-out prompts form the validation split (data/)
-  4. train       CMPO on the plural model (plural SFT warm start, then cDPO), reference = the default model
+  4. train       CMPO on the plural model (plural SFT warm start, then DPO), reference = the default model
   5. evaluate    effect matrix on held-out prompts, Pareto sweep, conditioned preference accuracy (eval/)
   6. report      report.html + metrics.json + a terminal summary
 
-``cmpo demo --data PATH --format oasst1 --attributes ...`` replaces stages 1–2 with a user's dataset.
+``cmpo demo --data PATH --format oasst1 [--attributes ...]`` replaces stages 1–2 with a user's dataset: a
+seeded sample of ``--heldout-prompts`` of its prompts (with ≥ 2 responses) is held out, ``--train-prompts`` more
+train. The default judge (``auto``) uses the rule raters when they cover every attribute, else trains a SteerLM
+APM (frozen trunk, 5-class heads) on the training prompts' ratings and scores with it (``eval/apm``).
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ class DemoConfig:
     # user data instead of candidates
     data: str | None = None
     format: str | None = None
-    judge: str = "rules"  # rules | apm:DIR (scores the user's attributes during evaluation)
+    judge: str = "auto"  # auto | rules | apm:DIR (scores the attributes during evaluation)
     # training (see recipes/demo.yaml for the same settings as a recipe)
     train_overrides: list[str] = field(default_factory=list)
     # evaluation
@@ -209,6 +212,11 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
         timings["prepare"] = time.time() - t
         stages.finish("prepare", timings["prepare"], counts=stats.get("final_counts"))
 
+    if user_data:  # the format's attributes (default: its usual set), in λ index order
+        cfg.attributes = json.loads((data_dir / "meta.json").read_text())["attributes"]
+        if cfg.pareto and any(a not in cfg.attributes for a in cfg.pareto):
+            cfg.pareto = cfg.attributes[:2] if len(cfg.attributes) >= 2 else []
+
     # 4. train ------------------------------------------------------------------------------------
     model_dir = out / "model"
     run_cfg = demo_run_config(cfg, data_dir)
@@ -284,15 +292,16 @@ def _prepare(cfg: DemoConfig, fb_path: Path, data_dir: Path, heldout: list[str],
 
     template = PromptTemplate.resolve("auto", tokenizer)
     if cfg.data is not None:
-        from cmpo.data.formats import read_records
+        from cmpo.data.formats import read
 
-        records = read_records(cfg.format, cfg.data, cfg.attributes)
-        heldout_ids = None
+        records, _ = read(cfg.format, cfg.data, cfg.attributes or None)
+        records, heldout_ids = _sample_user_records(records, cfg)
     else:
         from cmpo.demo.feedback import read_jsonl
 
         records = [Record.from_ratings(g["prompt"], g["responses"], g["ratings"], cfg.attributes,
-                                       source=f"{fb_path}:{i + 1}") for i, g in enumerate(read_jsonl(fb_path))]
+                                       source=f"{fb_path}:{i + 1}", finished=g.get("finished"))
+                   for i, g in enumerate(read_jsonl(fb_path))]
         held = {Record.from_ratings(p, ["x"], [{}], cfg.attributes).prompt_id for p in heldout}
         heldout_ids = held
     prepared = prepare(records, cfg.attributes, "powerset", template, max_length_sft=512, max_length_pairs=512,
@@ -307,7 +316,7 @@ def _evaluate(cfg: DemoConfig, model_dir: Path, data_dir: Path, out: Path) -> di
     from cmpo.eval.cli import evaluate, load_prepared
     from cmpo.eval.metrics import EvalModel
 
-    scorer = _scorer(cfg)
+    scorer = _scorer(cfg, data_dir, out)
     em = EvalModel.load("cmpo", str(model_dir))
     meta, splits = load_prepared(data_dir)
     prompts = [row["prompt"] for row in _unique_prompts(splits["sft"]["validation"])]
@@ -322,15 +331,59 @@ def _evaluate(cfg: DemoConfig, model_dir: Path, data_dir: Path, out: Path) -> di
     return results
 
 
-def _scorer(cfg: DemoConfig):
-    if cfg.judge == "rules":
-        from cmpo.eval.raters import RuleScorer
+def _sample_user_records(records: list, cfg: DemoConfig) -> tuple[list, set[str]]:
+    """Seeded sample of a user's records with ≥ 2 responses: -> (held-out + train records, held-out ids)."""
+    import random
 
+    usable = sorted((r for r in records if len(r.responses) >= 2), key=lambda r: r.prompt_id)
+    random.Random(cfg.seed).shuffle(usable)
+    if len(usable) < cfg.heldout_prompts + 2:
+        raise ValueError(f"{cfg.data}: {len(usable)} prompts have ≥ 2 responses; need more than "
+                         f"--heldout-prompts {cfg.heldout_prompts}")
+    held = usable[:cfg.heldout_prompts]
+    kept = usable[:cfg.heldout_prompts + cfg.train_prompts]
+    print(f"  {len(records)} prompts read, {len(usable)} with ≥ 2 responses; {len(held)} held out, "
+          f"{len(kept) - len(held)} for training", file=sys.stderr)
+    return kept, {r.prompt_id for r in held}
+
+
+def _scorer(cfg: DemoConfig, data_dir: Path, out: Path):
+    from cmpo.eval.raters import RULE_RATERS, RuleScorer
+
+    judge = cfg.judge
+    if judge == "auto":
+        judge = "rules" if all(a in RULE_RATERS for a in cfg.attributes) else f"apm:{_auto_apm(cfg, data_dir, out)}"
+        print(f"  judge: {judge}", file=sys.stderr)
+    if judge == "rules":
         return RuleScorer()
     from cmpo.eval.judges import make_judge
 
-    _, scorer = make_judge(cfg.judge)
+    _, scorer = make_judge(judge)
     return scorer
+
+
+def _auto_apm(cfg: DemoConfig, data_dir: Path, out: Path) -> Path:
+    """Train (or reuse) a frozen-trunk SteerLM APM on the training prompts' ratings: the judge for
+    attributes no rule rater measures. Its held-out accuracy vs the majority class is in apm_metrics.json."""
+    from cmpo.train.config import DataConfig, ModelConfig, TrainConfig
+    from cmpo.train.steerlm_apm import METRICS_FILE, APMConfig, APMRunConfig, train_apm
+
+    apm_dir = out / "eval" / "apm"
+    if not (apm_dir / METRICS_FILE).exists():
+        run = APMRunConfig(kind="steerlm-apm", model=ModelConfig(name=cfg.model),
+                           data=DataConfig(max_length=224, max_prompt_length=96),
+                           train=TrainConfig(learning_rate=3e-3, num_train_epochs=30, per_device_train_batch_size=32,
+                                             per_device_eval_batch_size=32, eval_strategy="epoch",
+                                             logging_steps=20, save_total_limit=1, seed=cfg.seed,
+                                             output_dir=str(out / "eval" / "apm.checkpoints")),
+                           apm=APMConfig(trunk="frozen"))
+        train_apm(run, data_dir, apm_dir)
+    metrics = json.loads((apm_dir / METRICS_FILE).read_text()).get("validation", {})
+    for attr, m in metrics.items():
+        if isinstance(m, dict) and "accuracy" in m:
+            print(f"  APM {attr}: held-out accuracy {m['accuracy']:.2f} (majority class "
+                  f"{m.get('majority_accuracy', float('nan')):.2f})", file=sys.stderr)
+    return apm_dir
 
 
 def _unique_prompts(ds) -> list[dict]:
@@ -396,7 +449,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, help="token budget for candidates and evaluation")
     parser.add_argument("--data", help="use a real dataset instead of the synthetic feedback (with --format)")
     parser.add_argument("--format", help="format of --data (see `cmpo prepare --help`)")
-    parser.add_argument("--judge", default="rules", help="rules | apm:DIR: scores attributes in evaluation")
+    parser.add_argument("--judge", default="auto",
+                        help="auto | rules | apm:DIR: scores attributes in evaluation (auto: rules when they "
+                             "cover the attributes, else an APM trained on the training prompts)")
     parser.add_argument("--pareto", help="two attributes for the Pareto sweep (default conciseness,enthusiasm)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="training recipe overrides, e.g. train.max_steps=60 model.adapter=shared")
@@ -407,6 +462,8 @@ def config_from_args(args) -> DemoConfig:
           "format": args.format, "judge": args.judge, "train_overrides": list(args.overrides)}
     if args.attributes:
         kw["attributes"] = [a.strip() for a in args.attributes.split(",") if a.strip()]
+    elif args.data:
+        kw["attributes"] = []  # the format's usual attributes, read with the data
     if args.pareto:
         kw["pareto"] = [a.strip() for a in args.pareto.split(",")]
     cfg = DemoConfig.quick(**kw) if args.quick else DemoConfig(**kw)
@@ -415,7 +472,7 @@ def config_from_args(args) -> DemoConfig:
             setattr(cfg, name, getattr(args, name))
     if cfg.data and not cfg.format:
         raise ValueError("--data needs --format")
-    if cfg.pareto and any(a not in cfg.attributes for a in cfg.pareto):
+    if cfg.attributes and cfg.pareto and any(a not in cfg.attributes for a in cfg.pareto):
         cfg.pareto = cfg.attributes[:2] if len(cfg.attributes) >= 2 else []
     return cfg
 

@@ -191,12 +191,12 @@ def mixed_condition(model, weights: Sequence[float]) -> Condition:
 def conditioned_logprobs(model, prompts: Sequence, responses: Sequence[str],
                          conditions: Condition | Sequence[Condition] = Condition(), reference: bool = False,
                          normalize: bool = False, batch_size: int = 8, max_length: int | None = 1024,
-                         progress: bool = False) -> np.ndarray:
+                         progress: bool = False, finished: Sequence[bool] | None = None) -> np.ndarray:
     """log π(response | prompt, condition) for every row -> float64 [N] (÷ response tokens if ``normalize``).
 
     ``model``: a :class:`cmpo.serve.generate.SteerableModel`. ``reference=True`` (or ``model.reference()``)
     scores with the plural model's exact π_ref (plural kind only). Responses are tokenized with the model's own
-    template (including the end-of-turn token), exactly as in training.
+    template (including the end-of-turn token unless ``finished[i]`` is False), exactly as in training.
     """
     import torch
 
@@ -229,7 +229,8 @@ def conditioned_logprobs(model, prompts: Sequence, responses: Sequence[str],
         for i in rows:
             c = conds[i]
             attrs = _acm_string(model, c) if kind == "steerlm" else None
-            p, r = template.encode(prompts[i], responses[i], attributes=attrs)
+            p, r = template.encode(prompts[i], responses[i], attributes=attrs,
+                                   finished=True if finished is None else bool(finished[i]))
             p_ids.append(p)
             r_ids.append(r)
         batch = collate_sequences(p_ids, r_ids, pad_id=pad, max_length=max_length)
@@ -417,13 +418,16 @@ def evaluate_preference_accuracy(em: EvalModel, pairs, attributes: Sequence[str]
         rows = [pairs[i] for i in idx]
         prompts = [r["prompt"] for r in rows] * 2
         responses = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
+        finished = [r.get("chosen_finished", True) for r in rows] + [r.get("rejected_finished", True) for r in rows]
         model, cond = em.for_attribute(attr)
-        lp = conditioned_logprobs(model, prompts, responses, cond, batch_size=batch_size, progress=progress)
+        lp = conditioned_logprobs(model, prompts, responses, cond, batch_size=batch_size, progress=progress,
+                                  finished=finished)
         n = len(rows)
         res = {"condition": cond.describe(), "policy": preference_accuracy(lp[:n], lp[n:])}
         ref = resolve_reference(model, reference) if (reference is not None or model.kind == "plural") else None
         if ref is not None:
-            rlp = conditioned_logprobs(ref, prompts, responses, Condition(), batch_size=batch_size)
+            rlp = conditioned_logprobs(ref, prompts, responses, Condition(), batch_size=batch_size,
+                                       finished=finished)
             res["implicit_reward"] = implicit_reward_accuracy(lp[:n], lp[n:], rlp[:n], rlp[n:])
         out[attr] = res
     return out
@@ -455,7 +459,8 @@ def evaluate_rank_correlation(em: EvalModel, rated, attributes: Sequence[str], n
             continue
         model, cond = em.for_attribute(attr)
         scores = conditioned_logprobs(model, [rows[j]["prompt"] for j in keep], [rows[j]["response"] for j in keep],
-                                      cond, normalize=normalize, batch_size=batch_size, progress=progress)
+                                      cond, normalize=normalize, batch_size=batch_size, progress=progress,
+                                      finished=[rows[j].get("finished", True) for j in keep])
         res = rank_correlation(scores, [float(ratings[j][attr]) for j in keep])
         res.update(condition=cond.describe(), score="mean token log-prob" if normalize else "sum log-prob")
         out[attr] = res

@@ -59,7 +59,9 @@ def _truncate(prompt_ids: list[int], response_ids: list[int], max_prompt: int, m
 
 
 def tokenize_pairs(ds, template, max_length: int, max_prompt_length: int, source: str = "pairs"):
-    """Add ``prompt_ids``, ``chosen_ids``, ``rejected_ids`` (truncated) to a pairs/conditioned dataset."""
+    """Add ``prompt_ids``, ``chosen_ids``, ``rejected_ids`` (truncated) to a pairs/conditioned dataset.
+
+    Optional ``chosen_finished`` / ``rejected_finished`` columns (False = cut off) drop the end-of-turn token."""
     for col in ("prompt", "chosen", "rejected"):
         if col not in ds.column_names:
             raise ValueError(f"{source}: missing field {col!r} (columns: {ds.column_names})")
@@ -69,8 +71,8 @@ def tokenize_pairs(ds, template, max_length: int, max_prompt_length: int, source
         for col in ("chosen", "rejected"):
             if not isinstance(row[col], str) or not row[col]:
                 raise ValueError(f"{source} row {idx}: field {col!r} must be a non-empty string")
-        p, c = template.encode(row["prompt"], row["chosen"])
-        _, r = template.encode(row["prompt"], row["rejected"])
+        p, c = template.encode(row["prompt"], row["chosen"], finished=row.get("chosen_finished", True))
+        _, r = template.encode(row["prompt"], row["rejected"], finished=row.get("rejected_finished", True))
         where = f"{source} row {idx}"
         pc, c = _truncate(p, c, max_prompt_length, max_length, where)
         _, r = _truncate(p, r, max_prompt_length, max_length, where)
@@ -80,7 +82,7 @@ def tokenize_pairs(ds, template, max_length: int, max_prompt_length: int, source
 
 
 def tokenize_sft(ds, template, max_length: int, max_prompt_length: int, source: str = "sft"):
-    """Add ``prompt_ids``, ``response_ids`` to an SFT dataset (prompt, response)."""
+    """Add ``prompt_ids``, ``response_ids`` to an SFT dataset (prompt, response, optional finished)."""
     for col in ("prompt", "response"):
         if col not in ds.column_names:
             raise ValueError(f"{source}: missing field {col!r} (columns: {ds.column_names})")
@@ -89,7 +91,7 @@ def tokenize_sft(ds, template, max_length: int, max_prompt_length: int, source: 
         _check_prompt(row["prompt"], f"{source} row {idx}")
         if not isinstance(row["response"], str) or not row["response"]:
             raise ValueError(f"{source} row {idx}: field 'response' must be a non-empty string")
-        p, r = template.encode(row["prompt"], row["response"])
+        p, r = template.encode(row["prompt"], row["response"], finished=row.get("finished", True))
         p, r = _truncate(p, r, max_prompt_length, max_length, f"{source} row {idx}")
         return {"prompt_ids": p, "response_ids": r}
 

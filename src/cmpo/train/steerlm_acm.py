@@ -98,7 +98,8 @@ def tokenize_acm(ds, template, attributes, acm: ACMConfig, max_length: int, max_
             raise ValueError(f"{source} row {idx}: field 'prompt' must be a list of messages ending with a user turn")
         if not isinstance(row["response"], str) or not row["response"]:
             raise ValueError(f"{source} row {idx}: field 'response' must be a non-empty string")
-        p, r = template.encode(row["prompt"], row["response"], attributes=row["attributes"])
+        p, r = template.encode(row["prompt"], row["response"], attributes=row["attributes"],
+                               finished=row.get("finished", True))
         p = p[-max_prompt_length:] if max_prompt_length else p
         return {"prompt_ids": p, "response_ids": r[: max(0, max_length - len(p))]}
 

@@ -1,7 +1,8 @@
 """Generic feedback rows (one file may mix both kinds; prompts may be strings or message lists).
 
   scalar    ``{"prompt", "responses": [str, ...], "ratings": [{attr: 0–4 or null}, ...]}`` (one dict per
-            response; a missing key or null = not rated)
+            response; a missing key or null = not rated); optional ``"finished": [bool, ...]`` marks
+            responses cut off by a sampling budget (trained and scored without an end-of-turn token)
   pairwise  ``{"prompt", "chosen", "rejected", "attribute"}`` (chosen ≻ rejected on that attribute)
 
 Attributes: ``attributes`` if given (then any other attribute name in the data is a bad row,
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from cmpo.data.records import (
     DataError,
     RowStats,
@@ -23,6 +26,7 @@ from cmpo.data.records import (
     get_text,
     group_records,
     iter_rows,
+    prompt_id,
 )
 
 
@@ -44,7 +48,12 @@ def _parse(row: dict, where: str) -> tuple[str, tuple]:
                 raise DataError(where, f"ratings[{i}]", "wrong_type", "expected an object {attribute: rating}")
             clean.append({a: math.nan if v is None else check_rating(v, where, f"ratings[{i}].{a}")
                           for a, v in r.items()})
-        return "scalar", (prompt, responses, clean)
+        finished = row.get("finished")
+        if finished is not None and (not isinstance(finished, list) or len(finished) != len(responses)
+                                     or not all(isinstance(f, bool) for f in finished)):
+            raise DataError(where, "finished", "wrong_type",
+                            f"expected a list of {len(responses)} booleans (one per response)")
+        return "scalar", (prompt, responses, clean, finished)
     chosen = get_text(row, "chosen", where, allow_empty=True)
     rejected = get_text(row, "rejected", where, allow_empty=True)
     check_responses([chosen, rejected], where, ["chosen", "rejected"])
@@ -70,6 +79,7 @@ def read(data, attributes, stats: RowStats, fmt: str = "generic", **_):
             attributes.extend(a for a in names if a not in attributes)
     index = {a: j for j, a in enumerate(attributes)}
     scalar, pairwise = [], []
+    unfinished: set[tuple[str, str]] = set()           # (prompt id, response) cut off by a budget
     for where, kind, p in parsed:
         names = [(f"ratings[{i}].{a}", a) for i, r in enumerate(p[2]) for a in r] if kind == "scalar" \
             else [("attribute", p[2])]
@@ -80,12 +90,19 @@ def read(data, attributes, stats: RowStats, fmt: str = "generic", **_):
             continue
         stats.used += 1
         if kind == "scalar":
-            prompt, responses, ratings = p
+            prompt, responses, ratings, finished = p
             rows = [[r.get(a, math.nan) for a in attributes] for r in ratings]
             scalar.append((where, prompt, responses, rows, None))
+            if finished is not None:
+                pid = prompt_id(prompt)
+                unfinished.update((pid, y) for y, f in zip(responses, finished) if not f)
         else:
             prompt, responses, attr = p
             pairwise.append((where, prompt, responses, [(0, 1, index[attr])], None))
     k = len(attributes)
     records = group_records(scalar, k, pairwise=False, stats=stats) + group_records(pairwise, k, pairwise=True)
+    if unfinished:
+        for rec in records:
+            if rec.ratings is not None:
+                rec.finished = np.array([(rec.prompt_id, y) not in unfinished for y in rec.responses])
     return records, list(attributes)
