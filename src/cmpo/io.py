@@ -1,8 +1,9 @@
-"""Atomic output directories: build in a temporary sibling, then one rename (no half-written results)."""
+"""Atomic outputs: build in a temporary sibling, then one rename (no half-written results)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -26,3 +27,19 @@ def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_jsonl(rows, path: str | os.PathLike) -> Path:
+    """Write ``rows`` (dicts) as JSON lines to ``path`` atomically (a temp file in the same dir, then rename)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=out.name + ".tmp-", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out

@@ -294,3 +294,32 @@ def test_adapter_layers_and_prefix_cache_match_full_forward(tiny_model_dir, adap
         assert grads.keys() == results[0][2].keys()
         for n in grads:
             torch.testing.assert_close(grads[n], results[0][2][n], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("scale", [1.0, -1.5])  # Σλ = 1 (the in-place fast path) and Σλ ≠ 1
+def test_lowrank_head_forward_and_gradients_match_the_naive_k_head_mix(scale):
+    import torch.nn.functional as F
+
+    from cmpo.models.layers import PluralHead, SteeringState
+
+    torch.manual_seed(0)
+    head = PluralHead(torch.randn(50, 16, dtype=torch.float64), 3, "lowrank", 4, 8.0, SteeringState(),
+                      dtype=torch.float64)
+    with torch.no_grad():
+        head.B.normal_()
+    h = torch.randn(2, 5, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.tensor([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]], dtype=torch.float64) * scale
+    g = torch.randn(2, 5, 50, dtype=torch.float64)
+
+    def grads(logits):
+        (logits * g).sum().backward()
+        out = [t.grad.clone() for t in (h, head.A, head.B)]
+        h.grad = head.A.grad = head.B.grad = None
+        return out
+
+    fast = head(h, w)
+    fast_grads = grads(fast)
+    naive = sum(w[:, None, j:j + 1] * F.linear(h, head.head_weight(j)) for j in range(3))
+    assert torch.allclose(fast, naive)
+    for a, b in zip(fast_grads, grads(naive)):
+        assert torch.allclose(a, b)

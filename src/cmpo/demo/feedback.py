@@ -20,7 +20,7 @@ from pathlib import Path
 STYLE_INSTRUCTIONS: dict[str, str] = {
     "plain": "",
     "concise": "Answer in one short sentence.",
-    "list": "Answer as a short bulleted list.",
+    "list": "Answer as a bulleted list.",
     "enthusiastic": "Reply in an excited, cheerful tone! Use at least three exclamation marks!",
 }
 
@@ -112,18 +112,6 @@ def rate_candidates(rows: list[dict], attributes: list[str]) -> list[dict]:
         g["styles"].append(r["style"])
         g["finished"].append(r["finished"])
     return [g for g in grouped.values() if len(g["responses"]) >= 2]
-
-
-def write_jsonl(rows: list[dict], path: Path) -> None:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def read_jsonl(path: Path) -> list[dict]:

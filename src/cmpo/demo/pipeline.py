@@ -68,10 +68,13 @@ class DemoConfig:
 
     def fingerprint(self, upto: str) -> str:
         """Hash of the settings that affect stages up to ``upto`` (a changed setting invalidates them)."""
+        from cmpo.demo.feedback import STYLE_INSTRUCTIONS
+
         d = asdict(self)
         d.pop("threads")
-        keys = {"candidates": ["model", "seed", "train_prompts", "heldout_prompts", "styles", "temperatures",
-                               "max_new_tokens", "data", "format"],
+        d["style_instructions"] = [STYLE_INSTRUCTIONS.get(s) for s in self.styles]  # their wording shapes the data
+        keys = {"candidates": ["model", "seed", "train_prompts", "heldout_prompts", "styles", "style_instructions",
+                               "temperatures", "max_new_tokens", "data", "format"],
                 "feedback": ["attributes"], "prepare": [], "train": ["train_overrides"],
                 "evaluate": ["pareto", "pareto_grid", "judge", "max_eval_pairs"], "report": []}
         used = [k for s in STAGES[: STAGES.index(upto) + 1] for k in keys[s]]
@@ -83,9 +86,10 @@ def demo_run_config(cfg: DemoConfig, data_dir: Path):
     from cmpo.recipes import apply_overrides
     from cmpo.train.config import RunConfig, load_run_config
 
-    # Setting G of docs/steerability.md: λ-mixed ("plural") adapters on the top 8 layers with the frozen
-    # prefix cached, plural SFT warm start, then plain DPO (ε = 0) at a moderate LR. cDPO (ε = 0.1) after the
-    # warm start pulls the margins back to its cap and undid the steering (setting F).
+    # Setting J of docs/steerability.md: λ-mixed ("plural") adapters on the top 8 layers with the frozen
+    # prefix cached, plural SFT warm start on responses high on their attribute only (off-target penalty 0.5),
+    # then plain DPO (ε = 0) at a moderate LR. cDPO (ε = 0.1) after the warm start pulls the margins back to its
+    # cap and undid the steering (setting F).
     base = {
         "kind": "cmpo",
         "model": {"name": cfg.model, "head_mode": "lowrank", "head_rank": 8, "head_alpha": 8,
@@ -94,7 +98,8 @@ def demo_run_config(cfg: DemoConfig, data_dir: Path):
         "data": {"path": str(data_dir), "max_length": 224, "max_prompt_length": 96},
         "loss": {"beta": 0.5, "epsilon": 0.0, "loss_type": "sigmoid"},
         "reference": {"precompute": True},
-        "warm_start": {"enabled": True, "top_fraction": 0.25, "learning_rate": 1e-3, "max_steps": 80},
+        "warm_start": {"enabled": True, "top_fraction": 0.25, "learning_rate": 1e-3, "max_steps": 80,
+                       "off_target_penalty": 0.5},
         "train": {"learning_rate": 2e-4, "max_steps": 40, "per_device_train_batch_size": 4,
                   "logging_steps": 2, "save_strategy": "no", "seed": cfg.seed, "weight_decay": 0.01},
     }
@@ -151,6 +156,7 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
 
     datasets.disable_progress_bars()  # one bar per stage is enough; dataset saves are instant here
     from cmpo.demo import feedback as fb
+    from cmpo.io import write_jsonl
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -182,7 +188,7 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
     else:
         t = time.time()
         rows = _sample_candidates(base_model(), prompts.train + prompts.heldout, cfg)
-        fb.write_jsonl(rows, cand_path)
+        write_jsonl(rows, cand_path)
         timings["candidates"] = time.time() - t
         stages.finish("candidates", timings["candidates"], rows=len(rows))
 
@@ -196,7 +202,7 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
     else:
         t = time.time()
         rated = fb.rate_candidates(fb.read_jsonl(cand_path), cfg.attributes)
-        fb.write_jsonl(rated, fb_path)
+        write_jsonl(rated, fb_path)
         timings["feedback"] = time.time() - t
         stages.finish("feedback", timings["feedback"], prompts=len(rated))
         _print_feedback_summary(rated, cfg.attributes)
@@ -220,7 +226,9 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
     # 4. train ------------------------------------------------------------------------------------
     model_dir = out / "model"
     run_cfg = demo_run_config(cfg, data_dir)
-    _banner(4, "train", f"plural SFT warm start ({run_cfg.warm_start.max_steps} steps) + CMPO cDPO "
+    loss = run_cfg.loss
+    loss_name = "IPO" if loss.loss_type == "ipo" else (f"cDPO ε={loss.epsilon}" if loss.epsilon else "DPO")
+    _banner(4, "train", f"plural SFT warm start ({run_cfg.warm_start.max_steps} steps) + CMPO {loss_name} "
             f"({run_cfg.train.max_steps} steps), adapter={run_cfg.model.adapter}, heads={run_cfg.model.head_mode}")
     if stages.done("train") and (model_dir / "cmpo_config.json").exists():
         print("  done earlier, reusing", file=sys.stderr)
@@ -326,7 +334,7 @@ def _evaluate(cfg: DemoConfig, model_dir: Path, data_dir: Path, out: Path) -> di
                        num_prompts=len(prompts), max_pairs=cfg.max_eval_pairs, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens,
                        batch_size=cfg.eval_batch_size, pareto=cfg.pareto, pareto_grid=cfg.pareto_grid,
                        logs={"cmpo": str(out / "train")} if (out / "train" / "trainer_state.json").exists()
-                       else None, perplexity=True, progress=True)
+                       else None, perplexity=True, progress=True, generations_path=out / "eval" / "generations.jsonl")
     results["examples"] = _examples(em, prompts[:1], cfg)
     return results
 
@@ -409,9 +417,10 @@ def _examples(em, prompts: list, cfg: DemoConfig) -> list[dict]:
 
 
 def summarize(results: dict, cfg: DemoConfig) -> str:
-    """Terminal summary: the effect matrix and whether each attribute steers."""
-    lines = ["", "=" * 72, "Can the model be steered?  (held-out prompts, rule-rated, Δ vs reference)", "=" * 72]
+    """Terminal summary: the effect matrix, whether each attribute steers, quality guards, accuracy."""
     st = (results.get("steerability") or {}).get("cmpo")
+    scorer = {"rules": "rule-rated", "apm": "APM-rated"}.get((st or {}).get("scorer"), "rated")
+    lines = ["", "=" * 72, f"Can the model be steered?  (held-out prompts, {scorer}, Δ vs reference)", "=" * 72]
     if st:
         attrs = st["attributes"]
         eff, lo, hi = st["effect"], st["ci95_low"], st["ci95_high"]
@@ -422,14 +431,16 @@ def summarize(results: dict, cfg: DemoConfig) -> str:
             lines.append(f"{a}=1".ljust(16) + cells + ("   yes" if ok else "   no"))
         lines.append(f"diagonal mean {st['diagonal_mean']:+.2f}, off-diagonal mean {st['off_diagonal_mean']:+.2f}, "
                      f"{st['n_prompts']} prompts, seed {cfg.seed}")
+        g = st.get("guards", {})
+        lines.append("quality guards (finished / degenerate / reference perplexity): " + "; ".join(
+            f"{name} {v.get('finished', float('nan')):.2f} / {v.get('degenerate', float('nan')):.2f} / "
+            f"{v.get('reference_perplexity', float('nan')):.1f}" for name, v in g.items()))
     acc = (results.get("accuracy") or {}).get("cmpo")
     if acc:
-        parts = []
-        for a, v in acc.get("per_attribute", acc).items():
-            if isinstance(v, dict) and "accuracy" in v:
-                parts.append(f"{a} {v['accuracy']:.2f} (n={v.get('n', '?')})")
+        parts = [f"{a} {v['policy']['accuracy']:.2f} (n={v['policy']['n']})" for a, v in acc.items()
+                 if isinstance(v, dict) and "policy" in v]
         if parts:
-            lines.append("conditioned preference accuracy: " + ", ".join(parts))
+            lines.append("conditioned preference accuracy (held-out pairs): " + ", ".join(parts))
     return "\n".join(lines)
 
 

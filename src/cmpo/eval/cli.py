@@ -126,11 +126,13 @@ def evaluate(models: dict, metrics: Sequence[str], reference=None, data: str | N
              judge=None, scorer=None, num_prompts: int = 50, max_pairs: int | None = 200,
              max_rated: int | None = 200, seed: int = 0, max_new_tokens: int = 512, repetition_penalty: float = 1.0,
              batch_size: int = 8, pareto: Sequence[str] | None = None, pareto_grid: int = 5,
-             logs: dict | None = None, perplexity: bool = True, progress: bool = True) -> dict:
+             logs: dict | None = None, perplexity: bool = True, progress: bool = True,
+             generations_path: str | Path | None = None) -> dict:
     """Run the requested metrics for ``models`` ({name: EvalModel}) -> the ``results`` dict of report.py.
 
     ``reference``: a SteerableModel (None: plural models use their own π_ref). ``judge``/``scorer``: see
-    :mod:`cmpo.eval.judges` / :mod:`cmpo.eval.raters`.
+    :mod:`cmpo.eval.judges` / :mod:`cmpo.eval.raters`. ``generations_path``: write every generated response
+    (model, condition, prompt, response, finished) there as JSONL, for reading what the numbers rate.
     """
     from cmpo.eval import judges as J
     from cmpo.eval import metrics as M
@@ -201,6 +203,10 @@ def evaluate(models: dict, metrics: Sequence[str], reference=None, data: str | N
                 raise ValueError("metric 'pareto' needs --pareto A,B (two attributes)")
             results["pareto"] = {n: S.evaluate_pareto(em, prompts, scorer, gens, pareto, pareto_grid, reference)
                                  for n, em in models.items() if em.kind != "hf"}
+        if generations_path is not None:
+            from cmpo.io import write_jsonl
+
+            write_jsonl(gens.rows(), generations_path)
     if logs:
         results["training"] = {n: plots.load_log_history(d) for n, d in logs.items()}
     return results

@@ -169,7 +169,7 @@ class APMScorer:
 
     @classmethod
     def load(cls, path) -> APMScorer:
-        from cmpo.train.steerlm import APM
+        from cmpo.train.steerlm_apm import APM
 
         return cls(APM.load(path))
 

@@ -477,15 +477,24 @@ class GenerationCache:
         self.max_new_tokens, self.batch_size, self.progress, self.options = (max_new_tokens, batch_size,
                                                                              progress, options)
         self._store: dict[tuple, tuple[str, bool]] = {}
+        self._rows: list[dict] = []
 
     def get(self, model, prompts: Sequence, cond: Condition, keys: Sequence | None = None):
         keys = list(range(len(prompts))) if keys is None else list(keys)
-        tag = (id(model.model), bool(getattr(model, "is_reference", False)), cond)
+        is_ref = bool(getattr(model, "is_reference", False))
+        tag = (id(model.model), is_ref, cond)
         todo = [i for i, k in enumerate(keys) if tag + (k,) not in self._store]
         if todo:
             texts, fin = generate_conditioned(model, [prompts[i] for i in todo], cond, self.max_new_tokens,
                                               self.batch_size, self.progress, **self.options)
             for i, t, f in zip(todo, texts, fin):
                 self._store[tag + (keys[i],)] = (t, f)
+                self._rows.append({"model": str(getattr(model, "path", "") or ""), "reference": is_ref,
+                                   "condition": "reference" if is_ref else cond.describe(), "prompt": prompts[i],
+                                   "response": t, "finished": f})
         got = [self._store[tag + (k,)] for k in keys]
         return [g[0] for g in got], [g[1] for g in got]
+
+    def rows(self) -> list[dict]:
+        """Every generation made so far, in order: ``{model, reference, condition, prompt, response, finished}``."""
+        return list(self._rows)

@@ -12,8 +12,9 @@ Pareto sweep for attributes (a, b): λ = (t, 1 − t) on a grid of t, mean score
 hypervolume (area dominated by the front, maximising both scores) is measured from the reference point
 ``(0, 0)`` — the lowest Likert rating, so hypervolumes of different models are comparable (max 16 for 0–4).
 
-Quality guards per condition: share of finished outputs (EOS or a stop string within the token budget) and
-the mean perplexity of the outputs under the reference model (fluency drift).
+Quality guards per condition: share of finished outputs (EOS or a stop string within the token budget), the
+mean perplexity of the outputs under the reference model (fluency drift), and the share of degenerate outputs
+(:func:`is_degenerate`: mostly non-letters, or word bigrams repeating — how rule raters get reward-hacked).
 """
 
 from __future__ import annotations
@@ -107,11 +108,26 @@ def evaluate_steerability(em, prompts: Sequence, scorer, generations, reference=
     return out
 
 
+def is_degenerate(text: str) -> bool:
+    """True for an output a reader would not accept as prose: empty, fewer than 40 % letters among its
+    non-space characters (e.g. ``"113.1\n-113.1\n-113.1"``), or ≥ 8 words with under half of its word
+    bigrams distinct (loops)."""
+    chars = [c for c in text if not c.isspace()]
+    if not chars or sum(c.isalpha() for c in chars) < 0.4 * len(chars):
+        return True
+    words = text.lower().split()
+    bigrams = list(zip(words, words[1:]))
+    return len(words) >= 8 and len(set(bigrams)) < 0.5 * len(bigrams)
+
+
 def _guards(ref_model, prompts, texts, finished, perplexity: bool, batch_size: int) -> dict:
     g = {"finished": float(np.mean(finished)) if finished else float("nan"),
-         "mean_words": float(np.mean([len(t.split()) for t in texts])) if texts else float("nan"), "n": len(texts)}
+         "mean_words": float(np.mean([len(t.split()) for t in texts])) if texts else float("nan"), "n": len(texts),
+         "degenerate": float(np.mean([is_degenerate(t) for t in texts])) if texts else float("nan")}
     if perplexity and texts:
-        g["reference_perplexity"] = float(np.mean(reference_perplexity(ref_model, prompts, texts, batch_size)))
+        ppl = reference_perplexity(ref_model, prompts, texts, batch_size)
+        g["reference_perplexity"] = float(np.mean(ppl))
+        g["reference_perplexity_median"] = float(np.median(ppl))  # robust to one garbage output
     return g
 
 

@@ -109,8 +109,15 @@ class PluralHead(nn.Module):
             return logits
         u = F.linear(h, self.A.view(self.k * self.rank, -1))  # [.., k·r]
         u = (u.view(*u.shape[:-1], self.k, self.rank) * w.unsqueeze(-1)).flatten(-2)
-        delta = F.linear(u, self.B.view(self.vocab_size, self.k * self.rank))  # [.., V]
-        return w.sum(-1, keepdim=True) * F.linear(h, self.base_weight) + self.scaling * delta
+        # logits = (Σλ)·h W0ᵀ + s·u Bᵀ, accumulated in place into one [.., V] buffer (linear's output is not
+        # saved for its backward, so the in-place updates are autograd-safe and save two V-sized temporaries)
+        logits = F.linear(h, self.base_weight)
+        w_sum = w.sum(-1, keepdim=True)
+        if not bool((w_sum == 1).all()):
+            logits = logits.mul_(w_sum)
+        flat = logits.view(-1, self.vocab_size)
+        flat.addmm_(u.reshape(-1, u.shape[-1]), self.B.view(self.vocab_size, -1).t(), alpha=self.scaling)
+        return logits
 
     def head_weight(self, j: int) -> torch.Tensor:
         """W_j: [V, d]."""

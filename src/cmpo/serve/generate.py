@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -559,22 +558,6 @@ def _read_jsonl(path: str) -> list[dict]:
     return rows
 
 
-def _write_jsonl_atomic(path: str, rows: list[dict]) -> None:
-    import tempfile
-
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".tmp-", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def run(args) -> int:
     try:
         options = options_from_args(args)
@@ -636,7 +619,9 @@ def _batch(sm: SteerableModel, args, rows: list[dict], weights, attributes, opti
         r["response"] = text
         results.append(r)
     if args.output:
-        _write_jsonl_atomic(args.output, results)
+        from cmpo.io import write_jsonl
+
+        write_jsonl(results, args.output)
         print(f"wrote {len(results)} responses to {args.output}", file=sys.stderr)
     else:
         for r in results:

@@ -88,6 +88,9 @@ class WarmStartConfig(_Coerce):
 
     enabled: bool = False
     top_fraction: float = 0.25  # per attribute, the top share of SFT responses by that attribute's rating
+    # rank by r_j − ρ·Σ_{i≠j} r_i instead of r_j: prefers responses that are high on j *only*, so a head does not
+    # also learn what its attribute happens to co-occur with in the data (e.g. enthusiastic answers being short)
+    off_target_penalty: float = 0.0
     num_train_epochs: float = 1.0
     learning_rate: float = 1e-4
     max_steps: int = -1

@@ -278,9 +278,11 @@ def build_plural(cfg: RunConfig, attributes: list[str], template_spec: str | Non
     return PluralLM.from_base(m.name, pc, dtype=_dtype(m.dtype), trust_remote_code=m.trust_remote_code)
 
 
-def warm_start_dataset(sft_ds, attributes: list[str], top_fraction: float, source: str = "sft"):
-    """Plural SFT warm start data: for each attribute j, the top ``top_fraction`` of responses by that
-    attribute's rating, with one-hot λ = e_j in ``weights``."""
+def warm_start_dataset(sft_ds, attributes: list[str], top_fraction: float, source: str = "sft",
+                       off_target_penalty: float = 0.0):
+    """Plural SFT warm start data: for each attribute j, the top ``top_fraction`` of responses rated on j,
+    ranked by r_j − ρ·Σ_{i≠j} r_i (ρ = ``off_target_penalty``; missing ratings count 0; ties: row order),
+    with one-hot λ = e_j in ``weights``."""
     from datasets import concatenate_datasets
 
     if "ratings" not in sft_ds.column_names:
@@ -294,7 +296,9 @@ def warm_start_dataset(sft_ds, attributes: list[str], top_fraction: float, sourc
         ratings.append(r)
     parts = []
     for j, attr in enumerate(attributes):
-        rated = [(float(r[attr]), i) for i, r in enumerate(ratings) if r.get(attr) is not None]
+        others = [a for a in attributes if a != attr]
+        rated = [(float(r[attr]) - off_target_penalty * sum(float(r.get(a) or 0.0) for a in others), i)
+                 for i, r in enumerate(ratings) if r.get(attr) is not None]
         if not rated:
             raise ValueError(f"{source}: no row has a rating for attribute {attr!r}")
         rated.sort(key=lambda x: (-x[0], x[1]))
@@ -348,7 +352,8 @@ def run_cmpo(cfg: RunConfig, data: str | Path, out: str | Path, resume=None, cal
     if cfg.warm_start.enabled:
         ws = cfg.warm_start
         sft_dd, _ = load_split(data, "sft")
-        ws_ds = warm_start_dataset(sft_dd[split], attributes, ws.top_fraction, f"{data}/sft/{split}")
+        ws_ds = warm_start_dataset(sft_dd[split], attributes, ws.top_fraction, f"{data}/sft/{split}",
+                                   ws.off_target_penalty)
         ws_ds = tokenize_sft(ws_ds, template, cfg.data.max_length, cfg.data.max_prompt_length, "warm start")
         ws_args = _training_args(cfg, out, output_dir=f"{cfg.train.output_dir or str(out) + '.checkpoints'}/warm_start",
                                  learning_rate=ws.learning_rate, num_train_epochs=ws.num_train_epochs,
