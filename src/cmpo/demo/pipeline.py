@@ -302,7 +302,7 @@ def _prepare(cfg: DemoConfig, fb_path: Path, data_dir: Path, heldout: list[str],
     if cfg.data is not None:
         from cmpo.data.formats import read
 
-        records, _ = read(cfg.format, cfg.data, cfg.attributes or None)
+        records, attributes = read(cfg.format, cfg.data, cfg.attributes or None)
         records, heldout_ids = _sample_user_records(records, cfg)
     else:
         from cmpo.demo.feedback import read_jsonl
@@ -312,7 +312,8 @@ def _prepare(cfg: DemoConfig, fb_path: Path, data_dir: Path, heldout: list[str],
                    for i, g in enumerate(read_jsonl(fb_path))]
         held = {Record.from_ratings(p, ["x"], [{}], cfg.attributes).prompt_id for p in heldout}
         heldout_ids = held
-    prepared = prepare(records, cfg.attributes, "powerset", template, max_length_sft=512, max_length_pairs=512,
+        attributes = cfg.attributes
+    prepared = prepare(records, attributes, "powerset", template, max_length_sft=512, max_length_pairs=512,
                        seed=cfg.seed, validation_prompt_ids=heldout_ids,
                        source={"demo": True, "data": cfg.data, "format": cfg.format})
     prepared.save(data_dir, overwrite=True)
