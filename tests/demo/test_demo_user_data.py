@@ -10,7 +10,8 @@ import math
 
 import pytest
 
-from cmpo.demo.pipeline import DemoConfig, _sample_user_records, run_demo
+from cmpo.demo.pipeline import DemoConfig, run_demo
+from cmpo.demo.user_data import sample_user_records
 
 
 def test_user_records_are_a_seeded_disjoint_sample(shared_data):
@@ -18,14 +19,14 @@ def test_user_records_are_a_seeded_disjoint_sample(shared_data):
 
     records, _ = read("oasst1", str(shared_data / "oasst1" / "oasst1_en_validation.jsonl"))
     cfg = DemoConfig(data="x", format="oasst1", train_prompts=30, heldout_prompts=10, seed=3)
-    kept, held = _sample_user_records(records, cfg)
+    kept, held = sample_user_records(records, cfg)
     assert len(kept) == 40 and len(held) == 10 and all(len(r.responses) >= 2 for r in kept)
     assert held == {r.prompt_id for r in kept[:10]}
-    assert _sample_user_records(records, cfg)[1] == held  # same seed, same split
-    assert _sample_user_records(records, DemoConfig(data="x", format="oasst1", train_prompts=30,
+    assert sample_user_records(records, cfg)[1] == held  # same seed, same split
+    assert sample_user_records(records, DemoConfig(data="x", format="oasst1", train_prompts=30,
                                                     heldout_prompts=10, seed=4))[1] != held
     with pytest.raises(ValueError, match="have ≥ 2 responses"):
-        _sample_user_records(records[:5], cfg)
+        sample_user_records(records[:5], cfg)
 
 
 @pytest.mark.integration

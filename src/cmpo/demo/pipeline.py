@@ -301,9 +301,10 @@ def _prepare(cfg: DemoConfig, fb_path: Path, data_dir: Path, heldout: list[str],
     template = PromptTemplate.resolve("auto", tokenizer)
     if cfg.data is not None:
         from cmpo.data.formats import read
+        from cmpo.demo.user_data import sample_user_records
 
         records, attributes = read(cfg.format, cfg.data, cfg.attributes or None)
-        records, heldout_ids = _sample_user_records(records, cfg)
+        records, heldout_ids = sample_user_records(records, cfg)
     else:
         from cmpo.demo.feedback import read_jsonl
 
@@ -322,10 +323,11 @@ def _prepare(cfg: DemoConfig, fb_path: Path, data_dir: Path, heldout: list[str],
 
 
 def _evaluate(cfg: DemoConfig, model_dir: Path, data_dir: Path, out: Path) -> dict:
+    from cmpo.demo.user_data import demo_scorer
     from cmpo.eval.cli import evaluate, load_prepared
     from cmpo.eval.metrics import EvalModel
 
-    scorer = _scorer(cfg, data_dir, out)
+    scorer = demo_scorer(cfg, data_dir, out)
     em = EvalModel.load("cmpo", str(model_dir))
     meta, splits = load_prepared(data_dir)
     prompts = [row["prompt"] for row in _unique_prompts(splits["sft"]["validation"])]
@@ -338,61 +340,6 @@ def _evaluate(cfg: DemoConfig, model_dir: Path, data_dir: Path, out: Path) -> di
                        else None, perplexity=True, progress=True, generations_path=out / "eval" / "generations.jsonl")
     results["examples"] = _examples(em, prompts[:1], cfg)
     return results
-
-
-def _sample_user_records(records: list, cfg: DemoConfig) -> tuple[list, set[str]]:
-    """Seeded sample of a user's records with ≥ 2 responses: -> (held-out + train records, held-out ids)."""
-    import random
-
-    usable = sorted((r for r in records if len(r.responses) >= 2), key=lambda r: r.prompt_id)
-    random.Random(cfg.seed).shuffle(usable)
-    if len(usable) < cfg.heldout_prompts + 2:
-        raise ValueError(f"{cfg.data}: {len(usable)} prompts have ≥ 2 responses; need more than "
-                         f"--heldout-prompts {cfg.heldout_prompts}")
-    held = usable[:cfg.heldout_prompts]
-    kept = usable[:cfg.heldout_prompts + cfg.train_prompts]
-    print(f"  {len(records)} prompts read, {len(usable)} with ≥ 2 responses; {len(held)} held out, "
-          f"{len(kept) - len(held)} for training", file=sys.stderr)
-    return kept, {r.prompt_id for r in held}
-
-
-def _scorer(cfg: DemoConfig, data_dir: Path, out: Path):
-    from cmpo.eval.raters import RULE_RATERS, RuleScorer
-
-    judge = cfg.judge
-    if judge == "auto":
-        judge = "rules" if all(a in RULE_RATERS for a in cfg.attributes) else f"apm:{_auto_apm(cfg, data_dir, out)}"
-        print(f"  judge: {judge}", file=sys.stderr)
-    if judge == "rules":
-        return RuleScorer()
-    from cmpo.eval.judges import make_judge
-
-    _, scorer = make_judge(judge)
-    return scorer
-
-
-def _auto_apm(cfg: DemoConfig, data_dir: Path, out: Path) -> Path:
-    """Train (or reuse) a frozen-trunk SteerLM APM on the training prompts' ratings: the judge for
-    attributes no rule rater measures. Its held-out accuracy vs the majority class is in apm_metrics.json."""
-    from cmpo.train.config import DataConfig, ModelConfig, TrainConfig
-    from cmpo.train.steerlm_apm import METRICS_FILE, APMConfig, APMRunConfig, train_apm
-
-    apm_dir = out / "eval" / "apm"
-    if not (apm_dir / METRICS_FILE).exists():
-        run = APMRunConfig(kind="steerlm-apm", model=ModelConfig(name=cfg.model),
-                           data=DataConfig(max_length=224, max_prompt_length=96),
-                           train=TrainConfig(learning_rate=3e-3, num_train_epochs=30, per_device_train_batch_size=32,
-                                             per_device_eval_batch_size=32, eval_strategy="epoch",
-                                             logging_steps=20, save_total_limit=1, seed=cfg.seed,
-                                             output_dir=str(out / "eval" / "apm.checkpoints")),
-                           apm=APMConfig(trunk="frozen"))
-        train_apm(run, data_dir, apm_dir)
-    metrics = json.loads((apm_dir / METRICS_FILE).read_text()).get("validation", {})
-    for attr, m in metrics.items():
-        if isinstance(m, dict) and "accuracy" in m:
-            print(f"  APM {attr}: held-out accuracy {m['accuracy']:.2f} (majority class "
-                  f"{m.get('majority_accuracy', float('nan')):.2f})", file=sys.stderr)
-    return apm_dir
 
 
 def _unique_prompts(ds) -> list[dict]:
