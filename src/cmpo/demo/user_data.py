@@ -33,16 +33,14 @@ def sample_user_records(records: list, cfg: DemoConfig) -> tuple[list, set[str]]
 
 
 def demo_scorer(cfg: DemoConfig, data_dir: Path, out: Path):
-    from cmpo.eval.raters import RULE_RATERS, RuleScorer
+    """The scorer ``cfg.judge`` names (``auto`` resolved here); see :func:`cmpo.eval.judges.make_judge`."""
+    from cmpo.eval.judges import make_judge
+    from cmpo.eval.raters import RULE_RATERS
 
     judge = cfg.judge
     if judge == "auto":
         judge = "rules" if all(a in RULE_RATERS for a in cfg.attributes) else f"apm:{auto_apm(cfg, data_dir, out)}"
         print(f"  judge: {judge}", file=sys.stderr)
-    if judge == "rules":
-        return RuleScorer()
-    from cmpo.eval.judges import make_judge
-
     _, scorer = make_judge(judge)
     return scorer
 
