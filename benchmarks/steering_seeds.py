@@ -7,7 +7,8 @@ Each ``--run LABEL=DIR`` names a demo output directory (its ``eval/results.json`
 JSON line per run and one per label: per-attribute diagonal effect (mean over seeds, and a 95 % t-interval over
 seeds when there are ≥ 2), the largest off-diagonal entry of each row, how many seeds steer each attribute
 (diagonal CI above 0 and above its row), conditioned preference accuracy, the quality guards (share finished,
-reference-model perplexity of the outputs) and wall times. ``--markdown`` adds the table docs/steerability.md uses.
+reference-model perplexity of the outputs, degenerate share), whether every mixed-λ point of the Pareto sweep
+lies between its one-hot endpoints, and wall times. ``--markdown`` adds the table docs/steerability.md uses.
 """
 
 from __future__ import annotations
@@ -24,6 +25,17 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
 def _ppl(guard: dict) -> float | None:
     """Median reference perplexity of a condition's outputs (the mean for runs that predate the median)."""
     return guard.get("reference_perplexity_median", guard.get("reference_perplexity"))
+
+
+def mixed_between_endpoints(pareto: dict) -> bool | None:
+    """Whether every mixed-λ point of the sweep lies in the box its two one-hot endpoints span (per score)."""
+    points = pareto.get("points") or []
+    ends = [p["scores"] for p in points if p["t"] in (0.0, 1.0)]
+    inner = [p["scores"] for p in points if p["t"] not in (0.0, 1.0)]
+    if len(ends) != 2 or not inner:
+        return None
+    lo, hi = [min(a, b) for a, b in zip(*ends)], [max(a, b) for a, b in zip(*ends)]
+    return all(lo[i] - 1e-9 <= s[i] <= hi[i] + 1e-9 for s in inner for i in range(len(s)))
 
 
 def run_summary(label: str, path: Path) -> dict:
@@ -43,10 +55,12 @@ def run_summary(label: str, path: Path) -> dict:
         "steers": [bool(a and b) for a, b in zip(steer["diagonal_ci_excludes_zero"], steer["diagonal_beats_row"])],
         "off_diagonal_mean": steer["off_diagonal_mean"],
         "accuracy": [acc.get(a, {}).get("policy", {}).get("accuracy") for a in attrs],
+        "reward_accuracy": [acc.get(a, {}).get("implicit_reward", {}).get("accuracy") for a in attrs],
         "finished": [guards.get(a, {}).get("finished") for a in attrs] + [guards.get("reference", {}).get("finished")],
         "perplexity": [_ppl(guards.get(a, {})) for a in attrs] + [_ppl(guards.get("reference", {}))],
         "degenerate": [guards.get(a, {}).get("degenerate") for a in attrs] + [guards.get("reference", {}).get("degenerate")],
         "pareto_hypervolume": res.get("pareto", {}).get("cmpo", {}).get("hypervolume"),
+        "pareto_mixed_between_endpoints": mixed_between_endpoints(res.get("pareto", {}).get("cmpo", {})),
         "stage_seconds": {s: r.get("seconds") for s, r in state["stages"].items()},
     }
 
@@ -69,9 +83,12 @@ def aggregate(label: str, runs: list[dict]) -> dict:
         "steers": [sum(r["steers"][i] for r in runs) for i in range(k)],
         "off_diagonal_mean": mean_ci([r["off_diagonal_mean"] for r in runs]),
         "accuracy": [mean_ci(col("accuracy", i)) if col("accuracy", i) else None for i in range(k)],
+        "reward_accuracy": [mean_ci(col("reward_accuracy", i)) if col("reward_accuracy", i) else None
+                            for i in range(k)],
         "finished": [mean_ci(col("finished", i)) if col("finished", i) else None for i in range(k + 1)],
         "perplexity": [mean_ci(col("perplexity", i)) if col("perplexity", i) else None for i in range(k + 1)],
         "degenerate": [mean_ci(col("degenerate", i)) if col("degenerate", i) else None for i in range(k + 1)],
+        "pareto_mixed_between_endpoints": sum(bool(r["pareto_mixed_between_endpoints"]) for r in runs),
         "train_seconds": mean_ci([r["stage_seconds"].get("train") or 0.0 for r in runs]),
     }
 
@@ -86,21 +103,23 @@ def _fmt(mc, digits=2) -> str:
 def markdown(aggs: list[dict]) -> str:
     attrs = aggs[0]["attributes"]
     head = (["setting", "seeds"] + [f"{a} diag. (max off-diag. of row)" for a in attrs]
-            + ["seeds steering each", "cond. pref. acc.", "finished (ref.)", "degenerate (ref.)", "ref. perplexity, median (ref.)",
-               "train s"])
+            + ["seeds steering each", "cond. pref. acc.: likelihood / implicit reward", "finished (ref.)", "degenerate (ref.)", "ref. perplexity, median (ref.)",
+               "mixed λ between endpoints", "train s"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g in aggs:
         n = len(g["seeds"])
         cells = [g["label"], ", ".join(str(s) for s in g["seeds"])]
         cells += [f"{_fmt(d)} ({_fmt(o)})" for d, o in zip(g["diagonal"], g["max_off_diagonal"])]
         cells.append(" / ".join(f"{s}/{n}" for s in g["steers"]))
-        cells.append(" / ".join(f"{a[0]:.2f}" if a else "–" for a in g["accuracy"]))
+        cells.append(" / ".join(f"{a[0]:.2f}" if a else "–" for a in g["accuracy"]) + "; "
+                     + " / ".join(f"{a[0]:.2f}" if a else "–" for a in g["reward_accuracy"]))
         for key in ("finished", "degenerate"):
             vals = g[key]
             cells.append(" / ".join(f"{v[0]:.2f}" if v else "–" for v in vals[:-1])
                          + (f" ({vals[-1][0]:.2f})" if vals[-1] else ""))
         cells.append(" / ".join(f"{p[0]:.1f}" for p in g["perplexity"][:-1] if p)
                      + f" ({g['perplexity'][-1][0]:.1f})" if g["perplexity"][-1] else "")
+        cells.append(f"{g['pareto_mixed_between_endpoints']}/{n}")
         cells.append(f"{g['train_seconds'][0]:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -37,6 +37,54 @@ def test_hand_computed_best_margin():
     assert ratio.tolist() == [[1.0, 1.0]]  # (3+1)/(1+1)/2, (1+1)/(0+1)/2
 
 
+def test_off_target_penalty_prefers_pairs_that_differ_only_on_the_condition():
+    # (enthusiasm, conciseness): y0 = (3, 4) short and enthusiastic, y1 = (0, 0) long and plain,
+    # y2 = (0, 4) short and plain. S={enth}: y0>y1 (margin 3, conc +4) ties y0>y2 (margin 3, conc 0);
+    # ρ = 0 keeps the first (y0>y1), ρ = 0.5 scores them 3 − 2 = 1 vs 3 − 0 = 3 and keeps y0>y2.
+    t = build_pair_table([_rec(0, [[3, 4], [0, 0], [0, 4]])], 2)
+    masks = np.array([1])
+    for rho, want in ((0.0, (0, 1)), (0.5, (0, 2))):
+        rows, cm, margin = conditions(t, masks, 2, off_target_penalty=rho)
+        assert [(int(t.c[r]), int(t.r[r])) for r in rows] == [want] and margin.tolist() == [3.0]
+    # a smaller on-target margin can win when the alternative drags a large off-target win along:
+    # y0 = (4, 4) vs y1 = (0, 0): 4 − 0.5·4 = 2;  y2 = (3, 0) vs y1: 3 − 0 = 3 -> y2>y1, margin 3
+    t = build_pair_table([_rec(0, [[4, 4], [0, 0], [3, 0]])], 2)
+    rows, _, margin = conditions(t, masks, 2, off_target_penalty=0.5)
+    assert [(int(t.c[r]), int(t.r[r])) for r in rows] == [(2, 1)] and margin.tolist() == [3.0]
+    rows, _, margin = conditions(t, masks, 2)
+    assert [(int(t.c[r]), int(t.r[r])) for r in rows] == [(0, 1)] and margin.tolist() == [4.0]
+    with pytest.raises(ValueError, match="select='all'"):
+        conditions(t, masks, 2, select="all", off_target_penalty=0.5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(ratings_st, st.sampled_from([0.25, 0.5, 2.0]))
+def test_off_target_penalty_picks_the_best_penalised_score(data, rho):
+    k = 3
+    records = [_rec(i, r) for i, r in enumerate(data)]
+    t = build_pair_table(records, k)
+    masks = condition_masks(k, "powerset")
+    rows, cm, margin = conditions(t, masks, k, off_target_penalty=rho)
+    # the same (record, condition) set as without the penalty: the penalty changes which pair, not whether
+    plain_rows, plain_cm, _ = conditions(t, masks, k)
+    assert sorted(zip(t.rec[rows].tolist(), cm.tolist())) == sorted(zip(t.rec[plain_rows].tolist(),
+                                                                         plain_cm.tolist()))
+    bits = mask_bits(masks, k).astype(bool)
+    for row, m, g in zip(rows, cm, margin):
+        S = bits[list(masks).index(m)]
+        raw = records[t.rec[row]].ratings
+
+        def score(i, j, raw=raw, S=S):
+            d = np.nan_to_num(raw[i] - raw[j])
+            return float(d[S].sum() - rho * d[~S].sum())
+
+        n = len(raw)
+        best = max(score(i, j) for i in range(n) for j in range(n)
+                   if i != j and np.all(raw[i][S] > raw[j][S]))
+        assert score(t.c[row], t.r[row]) == pytest.approx(best, abs=1e-5)
+        assert g == pytest.approx(float(np.nan_to_num(raw[t.c[row]] - raw[t.r[row]])[S].sum()), abs=1e-5)
+
+
 @settings(max_examples=60, deadline=None)
 @given(ratings_st, st.sampled_from(["powerset", "onehot", "negative", "ratio"]))
 def test_emitted_pairs_are_strictly_better_where_weighted(data, scheme):

@@ -28,6 +28,16 @@ def test_cli_prepare_oasst(shared_data, tmp_path, tiny_model_dir, capsys):
         assert data.stats["splits"][kind] == {"train": len(d["train"]), "validation": len(d["validation"])}
     assert json.loads(data.sft["train"][0]["ratings"]).keys() == {"quality", "humor"}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left behind
+    assert data.meta["off_target_penalty"] == 0.0
+    # --off-target-penalty changes which pair each (prompt, condition) keeps, not which (prompt, condition)s exist
+    rc = main(["prepare", "--format", "oasst1", "--data", str(shared_data / "oasst1" / "oasst1_en_validation.jsonl"),
+               "--attributes", "quality,humor", "--model", "tiny-random", "--out", str(tmp_path / "rho"),
+               "--max-length-pairs", "4096", "--val-fraction", "0.1", "--off-target-penalty", "0.5"])
+    rho = load_prepared(tmp_path / "rho")
+    assert rc == 0 and rho.meta["off_target_penalty"] == 0.5
+    key = lambda d: sorted(zip(d["prompt_id"], map(tuple, d["condition"])))  # noqa: E731
+    assert key(rho.conditioned["train"]) == key(cond)
+    capsys.readouterr()
     # the default error mode stops on the real hh-rlhf rows that lack a final reply, naming the line
     rc = main(["prepare", "--format", "hh-rlhf", "--data", str(shared_data / "hh_rlhf_harmless" / "harmless_base_test.jsonl"),
                "--model", "none", "--out", str(tmp_path / "hh")])

@@ -52,6 +52,23 @@ def test_cdpo_optimum_is_capped_and_ipo_is_quadratic():
     assert loss.item() == pytest.approx(1.0)
 
 
+def test_chosen_nll_term_adds_alpha_times_per_token_nll():
+    # pair: π_c = −6 over 3 tokens, π_r = −2, refs −5 / −3; β = 0.5, ε = 0: Δ = 0.5·((−1) − 1) = −1
+    pc = torch.tensor([-6.0], dtype=torch.float64, requires_grad=True)
+    pr, rc, rr = (torch.tensor([v], dtype=torch.float64) for v in (-2.0, -5.0, -3.0))
+    loss, m = preference_loss(pc, pr, rc, rr, beta=0.5, epsilon=0.0, chosen_nll_weight=0.2,
+                              chosen_tokens=torch.tensor([3]))
+    want = math.log1p(math.exp(1.0)) + 0.2 * 6.0 / 3  # −log σ(−1) + α · 2
+    assert loss.item() == pytest.approx(want, abs=1e-12)
+    assert m["nll/chosen_per_token"].item() == pytest.approx(2.0)
+    loss.backward()  # dL/dπ_c = β·(−σ(−Δ)) − α/|y_c| = 0.5·(−σ(1)) − 0.2/3
+    assert pc.grad.item() == pytest.approx(-0.5 * _sig(1.0) - 0.2 / 3, abs=1e-12)
+    plain, pm = preference_loss(pc.detach(), pr, rc, rr, beta=0.5, epsilon=0.0)
+    assert plain.item() == pytest.approx(math.log1p(math.exp(1.0))) and "nll/chosen_per_token" not in pm
+    with pytest.raises(ValueError, match="chosen_tokens"):
+        preference_loss(pc, pr, rc, rr, chosen_nll_weight=0.2)
+
+
 def test_bad_settings_raise():
     z = torch.zeros(1)
     with pytest.raises(ValueError, match="epsilon"):

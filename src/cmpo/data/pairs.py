@@ -10,6 +10,11 @@ y_c ≻_j y_r ⇔ diff_j > 0 (ties and NaN are no preference). ``win`` is the bi
 (bitmask) is valid for the pair iff S ⊆ win, i.e. y_c is strictly better on every attribute in S. Its net
 margin is Σ_{j∈S} diff_j. With ``select="best"`` each (record, S) keeps only the valid pair of greatest net
 margin (ties: the first pair in (c, r) order); ``select="all"`` keeps every valid (pair, S).
+
+``off_target_penalty`` ρ > 0 (cmpo's option, not the thesis's) ranks the valid pairs of (record, S) by
+Σ_{j∈S} diff_j − ρ·Σ_{j∉S} diff_j instead: among pairs that win on S, prefer those whose chosen response is
+*not* also better elsewhere, so condition S is not taught a correlated attribute (e.g. "enthusiastic" answers
+that are also the short ones teaching the enthusiasm condition to be short).
 """
 
 from __future__ import annotations
@@ -116,9 +121,12 @@ def _submask_indices(w: int, masks: np.ndarray, index: np.ndarray, singletons: b
     return out
 
 
-def conditions(table: PairTable, masks: np.ndarray, k: int, select: str = "best",
+def conditions(table: PairTable, masks: np.ndarray, k: int, select: str = "best", off_target_penalty: float = 0.0,
                chunk_elems: int = 1 << 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Valid (pair, condition) combinations -> (table rows [E], condition masks [E], net margin [E]).
+
+    ``off_target_penalty`` ρ (``best`` only): select by Σ_{j∈S} diff_j − ρ·Σ_{j∉S} diff_j; the returned
+    margin is still the net margin Σ_{j∈S} diff_j of the selected pair.
 
     Each pair only enumerates the subsets of its own ``win`` (2^m − 1 for m wins), grouped by ``win`` so the
     margins are one matmul per distinct ``win``. Output is ordered by record, then condition (order of
@@ -126,6 +134,8 @@ def conditions(table: PairTable, masks: np.ndarray, k: int, select: str = "best"
     """
     if select not in ("best", "all"):
         raise ValueError(f"select must be 'best' or 'all', got {select!r}")
+    if off_target_penalty and select != "best":
+        raise ValueError("off_target_penalty ranks pairs for select='best'; select='all' keeps every pair")
     masks = np.asarray(masks, dtype=np.int64)
     M, N = len(masks), len(table)
     if N == 0 or M == 0:
@@ -134,6 +144,7 @@ def conditions(table: PairTable, masks: np.ndarray, k: int, select: str = "best"
     index[masks] = np.arange(M)
     singletons = bool(np.all(masks & (masks - 1) == 0))
     bits = mask_bits(masks, k)                                             # [M, k]
+    rank_weights = bits - off_target_penalty * (1.0 - bits)                 # [M, k] selection score weights
     diff = np.nan_to_num(table.diff)
     cache: dict[int, np.ndarray] = {}
     rec_starts = np.flatnonzero(np.r_[True, table.rec[1:] != table.rec[:-1]])
@@ -149,7 +160,7 @@ def conditions(table: PairTable, masks: np.ndarray, k: int, select: str = "best"
         uw, inv = np.unique(table.win[lo:hi], return_inverse=True)
         order = np.argsort(inv, kind="stable") + lo
         group_bounds = np.r_[0, np.cumsum(np.bincount(inv, minlength=len(uw)))]
-        rows_l, ci_l, m_l = [], [], []
+        rows_l, ci_l, m_l, s_l = [], [], [], []
         for g, w in enumerate(uw.tolist()):
             ci = cache.get(w)
             if ci is None:
@@ -160,9 +171,12 @@ def conditions(table: PairTable, masks: np.ndarray, k: int, select: str = "best"
             rows_l.append(np.repeat(rows_g, len(ci)))
             ci_l.append(np.tile(ci, len(rows_g)))
             m_l.append((diff[rows_g] @ bits[ci].T).ravel())                # Σ_{j∈S} diff_j
+            if off_target_penalty:
+                s_l.append((diff[rows_g] @ rank_weights[ci].T).ravel())
         if not rows_l:
             continue
         rows, ci, margin = np.concatenate(rows_l), np.concatenate(ci_l), np.concatenate(m_l)
+        score = np.concatenate(s_l) if off_target_penalty else margin
         key = (rank[rows] - s) * M + ci                                      # (record in chunk, condition)
         if select == "all":
             o = np.lexsort((rows, key))
@@ -170,12 +184,15 @@ def conditions(table: PairTable, masks: np.ndarray, k: int, select: str = "best"
             continue
         best, first = best_buf[:(e - s) * M], first_buf[:(e - s) * M]
         best.fill(-np.inf)
-        np.maximum.at(best, key, margin)
-        top = margin == best[key]
+        np.maximum.at(best, key, score)
+        top = score == best[key]
         first.fill(N)                                                        # lowest row among the best
         np.minimum.at(first, key[top], rows[top])
         sel = np.flatnonzero(first < N)
-        out_rows.append(first[sel]), out_ci.append(sel % M), out_margin.append(best[sel].copy())
+        picked = first[sel]
+        out_rows.append(picked), out_ci.append(sel % M)
+        out_margin.append(best[sel].copy() if not off_target_penalty
+                          else (diff[picked] * bits[sel % M]).sum(1).astype(np.float32))
     if not out_rows:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     return (np.concatenate(out_rows).astype(np.int64), masks[np.concatenate(out_ci)],

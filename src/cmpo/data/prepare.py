@@ -142,10 +142,12 @@ def _dataset_dict(kind: str, cols: dict, is_val: np.ndarray):
 
 def prepare(records: Sequence[Record], attributes: Sequence[str], scheme: str = "powerset", template=None, *,
             max_length_sft: int | None = 2048, max_length_pairs: int | None = 512, val_fraction: float = 0.05,
-            seed: int = 0, select: str = "best", row_stats: RowStats | None = None,
+            seed: int = 0, select: str = "best", off_target_penalty: float = 0.0, row_stats: RowStats | None = None,
             source: dict | None = None, validation_prompt_ids: set[str] | None = None) -> PreparedData:
     """Records -> :class:`PreparedData`. ``template=None`` skips the length filter.
 
+    ``off_target_penalty`` ρ: rank each (prompt, condition)'s pairs by Σ_{j∈S} diff_j − ρ·Σ_{j∉S} diff_j
+    (:func:`cmpo.data.pairs.conditions`; 0 = the thesis's net margin).
     ``validation_prompt_ids`` fixes the validation split (e.g. the demo's held-out prompts) instead of a
     seeded ``val_fraction`` draw.
     """
@@ -179,9 +181,9 @@ def prepare(records: Sequence[Record], attributes: Sequence[str], scheme: str = 
     if full is not None:
         filtered["ordered_pairs_removed_by_length"] = len(full) - len(table)
     a_rows, a_attr, a_margin = attribute_pairs(table)
-    c_rows, c_masks, c_margin = conditions(table, masks, k, select=select)
+    c_rows, c_masks, c_margin = conditions(table, masks, k, select=select, off_target_penalty=off_target_penalty)
     if full is not None:
-        n_all = len(conditions(full, masks, k, select=select)[0]) if len(full) != len(table) else len(c_rows)
+        n_all = len(conditions(full, masks, k, select=select, off_target_penalty=off_target_penalty)[0]) if len(full) != len(table) else len(c_rows)
         filtered["conditioned_removed_by_length"] = n_all - len(c_rows)
     lam = weights(c_masks, k, scheme, *( (table.chosen_ratings[c_rows], table.rejected_ratings[c_rows])
                                          if scheme == "ratio" else (None, None)))
@@ -245,7 +247,7 @@ def prepare(records: Sequence[Record], attributes: Sequence[str], scheme: str = 
                    for kind, d in (("sft", sft), ("pairs", pairs), ("conditioned", conditioned))},
         "prompts_per_split": {"train": int((~rec_val).sum()), "validation": int(rec_val.sum())},
     }
-    meta = {"attributes": attributes, "scheme": scheme, "select": select,
+    meta = {"attributes": attributes, "scheme": scheme, "select": select, "off_target_penalty": off_target_penalty,
             "template": template.spec if template is not None else None,
             "source": source or {}, "seed": seed, "val_fraction": val_fraction,
             "max_length_sft": max_length_sft if template is not None else None,
@@ -268,6 +270,9 @@ def add_arguments(p) -> None:
     p.add_argument("--scheme", default="powerset", choices=SCHEMES, help="weight scheme (default: powerset)")
     p.add_argument("--select", default="best", choices=("best", "all"),
                    help="per prompt and condition keep the greatest-net-margin pair (best) or all pairs")
+    p.add_argument("--off-target-penalty", type=float, default=0.0, metavar="RHO",
+                   help="with --select best, rank pairs by margin on the condition minus RHO x margin on the "
+                        "other attributes (prefer pairs that differ only where the condition says; default 0)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--model", default="smollm2-135m",
@@ -304,7 +309,7 @@ def run(args) -> int:
               "safety_filter": args.safety_filter if args.format in ("pku-saferlhf", "beavertails") else None}
     data = prepare(records, attributes, args.scheme, template, max_length_sft=args.max_length_sft,
                    max_length_pairs=args.max_length_pairs, val_fraction=args.val_fraction, seed=args.seed,
-                   select=args.select, row_stats=stats, source=source)
+                   select=args.select, off_target_penalty=args.off_target_penalty, row_stats=stats, source=source)
     data.save(args.out, overwrite=args.overwrite)
     print(summary(data.stats, data.meta))
     print(f"wrote {args.out}")

@@ -52,6 +52,8 @@ class DemoConfig:
     data: str | None = None
     format: str | None = None
     judge: str = "auto"  # auto | rules | apm:DIR (scores the attributes during evaluation)
+    # prepare: rank each (prompt, condition)'s pairs by margin on S − ρ·margin elsewhere (cmpo.data.pairs)
+    pair_off_target_penalty: float = 0.5
     # training (see recipes/demo.yaml for the same settings as a recipe)
     train_overrides: list[str] = field(default_factory=list)
     # evaluation
@@ -75,7 +77,7 @@ class DemoConfig:
         d["style_instructions"] = [STYLE_INSTRUCTIONS.get(s) for s in self.styles]  # their wording shapes the data
         keys = {"candidates": ["model", "seed", "train_prompts", "heldout_prompts", "styles", "style_instructions",
                                "temperatures", "max_new_tokens", "data", "format"],
-                "feedback": ["attributes"], "prepare": [], "train": ["train_overrides"],
+                "feedback": ["attributes"], "prepare": ["pair_off_target_penalty"], "train": ["train_overrides"],
                 "evaluate": ["pareto", "pareto_grid", "judge", "max_eval_pairs"], "report": []}
         used = [k for s in STAGES[: STAGES.index(upto) + 1] for k in keys[s]]
         return hashlib.sha256(json.dumps({k: d[k] for k in used}, sort_keys=True).encode()).hexdigest()[:16]
@@ -315,7 +317,8 @@ def _prepare(cfg: DemoConfig, fb_path: Path, data_dir: Path, heldout: list[str],
         heldout_ids = held
         attributes = cfg.attributes
     prepared = prepare(records, attributes, "powerset", template, max_length_sft=512, max_length_pairs=512,
-                       seed=cfg.seed, validation_prompt_ids=heldout_ids,
+                       seed=cfg.seed, off_target_penalty=cfg.pair_off_target_penalty,
+                       validation_prompt_ids=heldout_ids,
                        source={"demo": True, "data": cfg.data, "format": cfg.format})
     prepared.save(data_dir, overwrite=True)
     print(summary(prepared.stats, prepared.meta), file=sys.stderr)
@@ -412,6 +415,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto | rules | apm:DIR: scores attributes in evaluation (auto: rules when they "
                              "cover the attributes, else an APM trained on the training prompts)")
     parser.add_argument("--pareto", help="two attributes for the Pareto sweep (default conciseness,enthusiasm)")
+    parser.add_argument("--pair-off-target-penalty", type=float, default=None, metavar="RHO",
+                        help="rank each prompt's pairs for condition S by margin on S − RHO × margin elsewhere "
+                             f"(default {DemoConfig.pair_off_target_penalty}; 0 = the thesis's net margin)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="training recipe overrides, e.g. train.max_steps=60 model.adapter=shared")
 
@@ -426,7 +432,7 @@ def config_from_args(args) -> DemoConfig:
     if args.pareto:
         kw["pareto"] = [a.strip() for a in args.pareto.split(",")]
     cfg = DemoConfig.quick(**kw) if args.quick else DemoConfig(**kw)
-    for name in ("train_prompts", "heldout_prompts", "max_new_tokens"):
+    for name in ("train_prompts", "heldout_prompts", "max_new_tokens", "pair_off_target_penalty"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     if cfg.data and not cfg.format:

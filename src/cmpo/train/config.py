@@ -72,6 +72,9 @@ class LossConfig(_Coerce):
     beta: float = 0.5
     epsilon: float = 0.1  # cDPO label-flip rate; 0 = plain DPO
     loss_type: str = "sigmoid"  # sigmoid (DPO/cDPO) | ipo
+    # α: add α · (per-token NLL of the chosen response under its λ) to each pair's loss (RPO, Pang et al. 2024;
+    # TRL's rpo_alpha). Keeps the policy on fluent, likely text while the margin grows; 0 = the thesis.
+    chosen_nll_weight: float = 0.0
 
 
 @dataclass

@@ -16,6 +16,12 @@ Implicit rewards and margin (per pair, all log-probs are response sums [B]):
 
   It regresses the margin to a target instead of pushing σ(Δ) to 1.
 
+Optional chosen-NLL term (RPO, Pang et al. 2024; TRL's ``rpo_alpha``), α = ``chosen_nll_weight``:
+
+    L += α · (−log π(y_c|x)) / |y_c|
+
+  It keeps the chosen responses likely while the margin grows, a guard against degenerate reward hacking.
+
 For CMPO the log-probs of both responses are computed under the example's own λ; the loss is identical.
 """
 
@@ -37,13 +43,20 @@ def preference_loss(
     beta: float = 0.5,
     epsilon: float = 0.1,
     loss_type: LossType = "sigmoid",
+    chosen_nll_weight: float = 0.0,
+    chosen_tokens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """-> (per-pair loss [B], metrics: rewards/chosen, rewards/rejected, rewards/margins [B],
-    rewards/accuracies [B] (1 where Δ > 0))."""
+    rewards/accuracies [B] (1 where Δ > 0), and nll/chosen_per_token [B] when ``chosen_nll_weight`` > 0).
+    ``chosen_tokens`` [B]: response token counts |y_c| (needed for the NLL term)."""
     if not 0.0 <= epsilon < 0.5:
         raise ValueError(f"epsilon must be in [0, 0.5), got {epsilon}")
     if beta <= 0:
         raise ValueError(f"beta must be > 0, got {beta}")
+    if chosen_nll_weight < 0:
+        raise ValueError(f"chosen_nll_weight must be >= 0, got {chosen_nll_weight}")
+    if chosen_nll_weight and chosen_tokens is None:
+        raise ValueError("chosen_nll_weight > 0 needs chosen_tokens (the chosen responses' token counts)")
     chosen = beta * (policy_chosen - ref_chosen)
     rejected = beta * (policy_rejected - ref_rejected)
     delta = chosen - rejected
@@ -59,6 +72,10 @@ def preference_loss(
         "rewards/margins": delta.detach(),
         "rewards/accuracies": (delta.detach() > 0).float(),
     }
+    if chosen_nll_weight:
+        nll = -policy_chosen / chosen_tokens.clamp(min=1).to(policy_chosen.dtype)
+        loss = loss + chosen_nll_weight * nll
+        metrics["nll/chosen_per_token"] = nll.detach()
     return loss, metrics
 
 

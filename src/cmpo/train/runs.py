@@ -253,7 +253,8 @@ def run_dpo(cfg: RunConfig, data: str | Path, out: str | Path, resume=None, call
     eval_ds = _with_reference(cfg, policy, args, eval_ds, collator, "eval")
     trainer = PreferenceTrainer(model=policy, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                                 data_collator=collator, beta=cfg.loss.beta, epsilon=cfg.loss.epsilon,
-                                loss_type=cfg.loss.loss_type, callbacks=callbacks)
+                                loss_type=cfg.loss.loss_type, chosen_nll_weight=cfg.loss.chosen_nll_weight,
+                                callbacks=callbacks)
     trainer.train(resume_from_checkpoint=_resume_arg(resume, args.output_dir))
     if args.should_save:
         save_hf_model(model, tok, out, {"kind": "dpo", "template": template.spec, "base_model": cfg.model.name,
@@ -372,7 +373,8 @@ def run_cmpo(cfg: RunConfig, data: str | Path, out: str | Path, resume=None, cal
     eval_ds = _with_reference(cfg, policy, args, eval_ds, collator, "eval")
     trainer = PreferenceTrainer(model=policy, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                                 data_collator=collator, beta=cfg.loss.beta, epsilon=cfg.loss.epsilon,
-                                loss_type=cfg.loss.loss_type, attributes=attributes,
+                                loss_type=cfg.loss.loss_type, chosen_nll_weight=cfg.loss.chosen_nll_weight,
+                                attributes=attributes,
                                 callbacks=callbacks)
     trainer.train(resume_from_checkpoint=_resume_arg(resume, args.output_dir))
     plural.disable_prefix_cache()

@@ -162,13 +162,14 @@ class PreferenceTrainer(_CmpoTrainerBase):
     loss_is_scaled_for_ga = False  # per-batch mean: the Trainer divides by the accumulation steps
 
     def __init__(self, *args, beta: float = 0.5, epsilon: float = 0.1, loss_type: str = "sigmoid",
-                 attributes: list[str] | None = None, **kwargs):
+                 chosen_nll_weight: float = 0.0, attributes: list[str] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.beta, self.epsilon, self.loss_type = beta, epsilon, loss_type
+        self.chosen_nll_weight = chosen_nll_weight
         self.attributes = attributes
 
     def pair_loss(self, model, inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """-> (per-pair loss [B], metrics)."""
+        """-> (per-pair loss [B], metrics); with ``chosen_nll_weight`` the chosen NLL is under the pair's λ."""
         ids, am, rm = inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"]
         b = ids.shape[0] // 2
         weights = inputs.get("weights")
@@ -180,7 +181,8 @@ class PreferenceTrainer(_CmpoTrainerBase):
                 ref = model(ids, am, rm, reference=True)
             ref_c, ref_r = ref[:b], ref[b:]
         logp = model(ids, am, rm, weights=w2)
-        return preference_loss(logp[:b], logp[b:], ref_c, ref_r, self.beta, self.epsilon, self.loss_type)
+        return preference_loss(logp[:b], logp[b:], ref_c, ref_r, self.beta, self.epsilon, self.loss_type,
+                               self.chosen_nll_weight, rm[:b].sum(1))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         losses, metrics = self.pair_loss(model, inputs)
