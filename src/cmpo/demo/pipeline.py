@@ -88,21 +88,22 @@ def demo_run_config(cfg: DemoConfig, data_dir: Path):
     from cmpo.recipes import apply_overrides
     from cmpo.train.config import RunConfig, load_run_config
 
-    # Setting J of docs/steerability.md: λ-mixed ("plural") adapters on the top 8 layers with the frozen
-    # prefix cached, plural SFT warm start on responses high on their attribute only (off-target penalty 0.5),
-    # then plain DPO (ε = 0) at a moderate LR. cDPO (ε = 0.1) after the warm start pulls the margins back to its
-    # cap and undid the steering (setting F).
+    # Setting N of docs/steerability.md: λ-mixed ("plural") adapters on the top 8 layers with the frozen
+    # prefix cached; plural SFT warm start on responses high on their attribute only (off-target penalty 1.0);
+    # then plain DPO (ε = 0) with a chosen-NLL term (RPO α = 1) for 60 steps at a moderate LR. The DPO pairs are
+    # picked with the pair off-target penalty (DemoConfig.pair_off_target_penalty). cDPO (ε = 0.1) after the
+    # warm start pulls the margins back to its cap and undid the steering (setting F).
     base = {
         "kind": "cmpo",
         "model": {"name": cfg.model, "head_mode": "lowrank", "head_rank": 8, "head_alpha": 8,
                   "adapter": "plural", "lora_rank": 8, "lora_alpha": 16, "adapter_layers": 8,
                   "prefix_cache": True},
         "data": {"path": str(data_dir), "max_length": 224, "max_prompt_length": 96},
-        "loss": {"beta": 0.5, "epsilon": 0.0, "loss_type": "sigmoid"},
+        "loss": {"beta": 0.5, "epsilon": 0.0, "loss_type": "sigmoid", "chosen_nll_weight": 1.0},
         "reference": {"precompute": True},
         "warm_start": {"enabled": True, "top_fraction": 0.25, "learning_rate": 1e-3, "max_steps": 80,
-                       "off_target_penalty": 0.5},
-        "train": {"learning_rate": 2e-4, "max_steps": 40, "per_device_train_batch_size": 4,
+                       "off_target_penalty": 1.0},
+        "train": {"learning_rate": 2e-4, "max_steps": 60, "per_device_train_batch_size": 4,
                   "logging_steps": 2, "save_strategy": "no", "seed": cfg.seed, "weight_decay": 0.01},
     }
     del RunConfig
