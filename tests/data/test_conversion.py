@@ -55,6 +55,8 @@ def test_off_target_penalty_prefers_pairs_that_differ_only_on_the_condition():
     assert [(int(t.c[r]), int(t.r[r])) for r in rows] == [(0, 1)] and margin.tolist() == [4.0]
     with pytest.raises(ValueError, match="select='all'"):
         conditions(t, masks, 2, select="all", off_target_penalty=0.5)
+    with pytest.raises(ValueError, match=">= 0"):
+        conditions(t, masks, 2, off_target_penalty=-1.0)
 
 
 @settings(max_examples=40, deadline=None)

@@ -134,6 +134,8 @@ def conditions(table: PairTable, masks: np.ndarray, k: int, select: str = "best"
     """
     if select not in ("best", "all"):
         raise ValueError(f"select must be 'best' or 'all', got {select!r}")
+    if off_target_penalty < 0:
+        raise ValueError(f"off_target_penalty must be >= 0, got {off_target_penalty}")
     if off_target_penalty and select != "best":
         raise ValueError("off_target_penalty ranks pairs for select='best'; select='all' keeps every pair")
     masks = np.asarray(masks, dtype=np.int64)
