@@ -146,7 +146,7 @@ def conditions(table: PairTable, masks: np.ndarray, k: int, select: str = "best"
     index[masks] = np.arange(M)
     singletons = bool(np.all(masks & (masks - 1) == 0))
     bits = mask_bits(masks, k)                                             # [M, k]
-    rank_weights = bits - off_target_penalty * (1.0 - bits)                 # [M, k] selection score weights
+    rank_weights = bits - off_target_penalty * (1.0 - bits)                 # [M, k]; = bits when ρ = 0
     diff = np.nan_to_num(table.diff)
     cache: dict[int, np.ndarray] = {}
     rec_starts = np.flatnonzero(np.r_[True, table.rec[1:] != table.rec[:-1]])
@@ -162,7 +162,7 @@ def conditions(table: PairTable, masks: np.ndarray, k: int, select: str = "best"
         uw, inv = np.unique(table.win[lo:hi], return_inverse=True)
         order = np.argsort(inv, kind="stable") + lo
         group_bounds = np.r_[0, np.cumsum(np.bincount(inv, minlength=len(uw)))]
-        rows_l, ci_l, m_l, s_l = [], [], [], []
+        rows_l, ci_l, s_l = [], [], []
         for g, w in enumerate(uw.tolist()):
             ci = cache.get(w)
             if ci is None:
@@ -172,17 +172,14 @@ def conditions(table: PairTable, masks: np.ndarray, k: int, select: str = "best"
             rows_g = order[group_bounds[g]:group_bounds[g + 1]]
             rows_l.append(np.repeat(rows_g, len(ci)))
             ci_l.append(np.tile(ci, len(rows_g)))
-            m_l.append((diff[rows_g] @ bits[ci].T).ravel())                # Σ_{j∈S} diff_j
-            if off_target_penalty:
-                s_l.append((diff[rows_g] @ rank_weights[ci].T).ravel())
+            s_l.append((diff[rows_g] @ rank_weights[ci].T).ravel())        # ρ = 0: net margin Σ_{j∈S} diff_j
         if not rows_l:
             continue
-        rows, ci, margin = np.concatenate(rows_l), np.concatenate(ci_l), np.concatenate(m_l)
-        score = np.concatenate(s_l) if off_target_penalty else margin
+        rows, ci, score = np.concatenate(rows_l), np.concatenate(ci_l), np.concatenate(s_l)
         key = (rank[rows] - s) * M + ci                                      # (record in chunk, condition)
         if select == "all":
             o = np.lexsort((rows, key))
-            out_rows.append(rows[o]), out_ci.append(ci[o]), out_margin.append(margin[o])
+            out_rows.append(rows[o]), out_ci.append(ci[o]), out_margin.append(score[o])  # ρ = 0 here: the net margin
             continue
         best, first = best_buf[:(e - s) * M], first_buf[:(e - s) * M]
         best.fill(-np.inf)
