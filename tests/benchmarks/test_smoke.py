@@ -86,3 +86,25 @@ def test_gpu_script_tiny_on_cpu_without_trl(tmp_path):
     kinds = {(r["bench"], r.get("kind")) for r in recs}
     assert ("train", "ratios") in kinds and ("decode", "ratios") in kinds
     assert (tmp_path / "gpu-results.jsonl").read_text().count("\n") == len(recs)
+
+
+def test_ablate_parts_tiny(tmp_path, tiny_model_dir):
+    from tests.models.test_plural import make_plural, perturb
+    from tests.train.conftest import make_prepared
+
+    attrs = ["conciseness", "structure", "enthusiasm"]
+    make_prepared(tmp_path / "run" / "data", n_pairs=8, attributes=attrs)
+    plural = make_plural(tiny_model_dir, "lowrank", "plural", attrs=attrs)
+    perturb(plural)
+    plural.save(tmp_path / "run" / "model")
+    recs = _py("ablate_parts.py", "--run", str(tmp_path / "run"), "--attributes", "conciseness,enthusiasm",
+               "--max-new-tokens", "6", "--threads", "1")
+    assert [(r["attribute"], r["variant"]) for r in recs] == [
+        (a, v) for a in ("conciseness", "enthusiasm")
+        for v in ("trained", "head ablated", "adapters ablated", "both ablated (reference)")]
+    assert all(r["n"] == 2 and set(r["scores"]) == set(attrs) for r in recs)
+    # with both parts ablated every condition is the reference model: identical greedy outputs
+    ref = [r for r in recs if r["variant"].startswith("both")]
+    assert ref[0]["outputs_sha1"] == ref[1]["outputs_sha1"] and ref[0]["scores"] == ref[1]["scores"]
+    trained = [r for r in recs if r["variant"] == "trained"]
+    assert all(t["outputs_sha1"] != ref[0]["outputs_sha1"] for t in trained)

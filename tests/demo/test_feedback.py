@@ -70,3 +70,20 @@ def test_quick_config_is_smaller():
     q, full = DemoConfig.quick(), DemoConfig()
     assert q.train_prompts < full.train_prompts and q.heldout_prompts < full.heldout_prompts
     assert any(o.startswith("train.max_steps=") for o in q.train_overrides)
+
+
+def test_evaluation_repetition_penalty_invalidates_only_evaluation(tmp_path):
+    import argparse
+
+    from cmpo.demo.pipeline import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cfg = config_from_args(parser.parse_args(["--repetition-penalty", "1.2"]))
+    assert cfg.repetition_penalty == 1.2
+    assert config_from_args(parser.parse_args([])).repetition_penalty == DemoConfig.repetition_penalty
+    log = StageLog(tmp_path, DemoConfig(repetition_penalty=1.0))
+    for stage in STAGES[:5]:
+        log.finish(stage, 1.0)
+    again = StageLog(tmp_path, cfg)
+    assert all(again.done(s) for s in STAGES[:4]) and not again.done("evaluate")

@@ -84,3 +84,43 @@ def test_shape_errors(tiny_model):
         sequence_logprobs(model, b["input_ids"], b["attention_mask"][:, :-1], b["response_mask"])
     with pytest.raises(ValueError, match="PluralLM"):
         sequence_logprobs(model, **b, weights=torch.ones(3, 2))
+
+
+def test_previous_token_candidates_by_hand():
+    from cmpo.train.logprobs import previous_token_candidates
+
+    tok = torch.tensor([[5, 7, 5, 9, 0]])
+    valid = torch.tensor([[True, True, True, True, False]])
+    cand, mask = previous_token_candidates(tok, valid)
+
+    def picked(i):
+        return sorted(cand[0, i][mask[0, i]].tolist())
+
+    # i=0: nothing earlier; i=1: {5}; i=2 (a repeated 5): {7} (5 is the target); i=3: {5, 7} (5 once); pad: none
+    assert [picked(i) for i in range(5)] == [[], [5], [7], [5, 7], []]
+
+
+def test_unlikelihood_equals_naive_and_has_gradients(tiny_model):
+    from cmpo.train.logprobs import token_logprobs, token_logprobs_unlikelihood
+
+    model, _ = tiny_model
+    model.train()
+    prompts = [[5, 6, 7], [8, 9]]
+    responses = [[20, 21, 20, 22, 21, 2], [23, 23, 2]]
+    b = collate_sequences(prompts, responses, pad_id=2)
+    logp, ul, rows = token_logprobs_unlikelihood(model, **b, chunk_size=3)  # 9 tokens -> 3 chunks
+    want_logp, want_rows = token_logprobs(model, **b)
+    torch.testing.assert_close(logp, want_logp, atol=1e-5, rtol=1e-5)
+    assert rows.tolist() == want_rows.tolist()
+    with torch.no_grad():
+        probs = torch.softmax(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float(), -1)
+    want = []
+    for r, (p, resp) in enumerate(zip(prompts, responses)):
+        for i, t in enumerate(resp):
+            prev = set(resp[:i]) - {t}
+            q = probs[r, len(p) + i - 1]  # the position that predicts response token i
+            want.append(sum(-torch.log1p(-q[c]) for c in prev) if prev else torch.tensor(0.0))
+    torch.testing.assert_close(ul, torch.stack(want).float(), atol=1e-6, rtol=1e-5)
+    assert ul[0] == 0 and ul[1] > 0  # row 0: first token has no candidates, the second has {20}
+    (ul.sum() - logp.sum()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)

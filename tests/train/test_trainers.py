@@ -129,3 +129,52 @@ def test_steerlm_subcommands_dispatch_or_explain(capsys):
     else:
         assert main(["train", "steerlm-apm"]) == 2
         assert "cmpo.train.steerlm.run_apm" in capsys.readouterr().err
+
+
+def test_warm_start_unlikelihood_is_logged_and_frozen_heads_stay_w0(tmp_path, prepared, tiny_model_dir):
+    cfg = _cfg(tmp_path, tiny_model_dir, max_steps=2, per_device_train_batch_size=2)
+    cfg.model.adapter, cfg.model.train_heads = "plural", False
+    ws = cfg.warm_start
+    ws.enabled, ws.max_steps, ws.learning_rate, ws.unlikelihood_weight, ws.top_fraction = True, 2, 1e-3, 0.5, 0.5
+    runs.run_cmpo(cfg, prepared, tmp_path / "out")
+    state = max((Path(cfg.train.output_dir) / "warm_start").rglob("trainer_state.json"))
+    log = json.loads(state.read_text())["log_history"]
+    step = next(h for h in log if "unlikelihood_per_token" in h)
+    assert step["unlikelihood_per_token"] > 0
+    # the logged loss is the per-token NLL plus γ × the per-token unlikelihood term
+    assert step["loss"] == pytest.approx(step["nll_per_token"] + 0.5 * step["unlikelihood_per_token"], rel=1e-3)
+    sd = load_file(str(tmp_path / "out" / "plural.safetensors"))
+    assert not sd["model.lm_head.B"].any()  # heads never trained: every W_j is still W0
+    assert any(v.any() for k, v in sd.items() if k.endswith("plural_B"))
+    cfg.model.adapter = "none"
+    with pytest.raises(ValueError, match="nothing to train"):
+        runs.run_cmpo(cfg, prepared, tmp_path / "none")
+
+
+def test_chosen_unlikelihood_adds_gamma_times_per_token_term(tiny_model_dir):
+    from types import SimpleNamespace
+
+    from cmpo.models.plural import PluralConfig, PluralLM
+    from cmpo.train.logprobs import collate_sequences, token_logprobs_unlikelihood
+    from cmpo.train.trainers import PolicyModel, PreferenceTrainer
+
+    plural = PluralLM.from_base(tiny_model_dir, PluralConfig(["a", "b"], adapter="plural", head_rank=4,
+                                                            adapter_rank=4))
+    policy = PolicyModel(plural, chunk_size=4)
+    b = collate_sequences([[5, 6], [7, 8, 9], [5, 6], [7, 8, 9]],
+                          [[20, 21, 20, 2], [22, 22, 23, 22, 2], [30, 2], [31, 32, 2]], pad_id=2)
+    inputs = {**b, "weights": torch.tensor([[1.0, 0.0], [0.5, 0.5]])}
+
+    def trainer(gamma):
+        return SimpleNamespace(beta=0.5, epsilon=0.0, loss_type="sigmoid", chosen_nll_weight=1.0,
+                               chosen_unlikelihood_weight=gamma)
+
+    with torch.no_grad():
+        plain, _ = PreferenceTrainer.pair_loss(trainer(0.0), policy, dict(inputs))
+        with_ul, metrics = PreferenceTrainer.pair_loss(trainer(2.0), policy, dict(inputs))
+        _, ul, rows = token_logprobs_unlikelihood(plural, b["input_ids"][:2], b["attention_mask"][:2],
+                                                  b["response_mask"][:2], weights=inputs["weights"])
+    per_token = torch.zeros(2).index_add(0, rows, ul) / torch.tensor([4.0, 5.0])
+    assert per_token.gt(0).all()  # both chosen responses repeat a token
+    torch.testing.assert_close(metrics["unlikelihood/chosen_per_token"], per_token)
+    torch.testing.assert_close(with_ul - plain, 2.0 * per_token)

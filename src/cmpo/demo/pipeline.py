@@ -60,6 +60,7 @@ class DemoConfig:
     pareto: list[str] = field(default_factory=lambda: ["conciseness", "enthusiasm"])
     pareto_grid: int = 5
     eval_batch_size: int = 24
+    repetition_penalty: float = 1.0  # greedy decoding in evaluation (reference and every condition alike)
     max_eval_pairs: int = 32  # held-out pairs per attribute for conditioned preference accuracy
 
     @classmethod
@@ -78,7 +79,7 @@ class DemoConfig:
         keys = {"candidates": ["model", "seed", "train_prompts", "heldout_prompts", "styles", "style_instructions",
                                "temperatures", "max_new_tokens", "data", "format"],
                 "feedback": ["attributes"], "prepare": ["pair_off_target_penalty"], "train": ["train_overrides"],
-                "evaluate": ["pareto", "pareto_grid", "judge", "max_eval_pairs"], "report": []}
+                "evaluate": ["pareto", "pareto_grid", "judge", "max_eval_pairs", "repetition_penalty"], "report": []}
         used = [k for s in STAGES[: STAGES.index(upto) + 1] for k in keys[s]]
         return hashlib.sha256(json.dumps({k: d[k] for k in used}, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -338,7 +339,8 @@ def _evaluate(cfg: DemoConfig, model_dir: Path, data_dir: Path, out: Path) -> di
     metrics = ["accuracy", "steerability"] + (["pareto"] if cfg.pareto and all(scorer.supports(a)
                                                                                  for a in cfg.pareto) else [])
     results = evaluate({"cmpo": em}, metrics, data=str(data_dir), prompts=prompts, scorer=scorer,
-                       num_prompts=len(prompts), max_pairs=cfg.max_eval_pairs, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens,
+                       num_prompts=len(prompts), max_pairs=cfg.max_eval_pairs, seed=cfg.seed,
+                       max_new_tokens=cfg.max_new_tokens, repetition_penalty=cfg.repetition_penalty,
                        batch_size=cfg.eval_batch_size, pareto=cfg.pareto, pareto_grid=cfg.pareto_grid,
                        logs={"cmpo": str(out / "train")} if (out / "train" / "trainer_state.json").exists()
                        else None, perplexity=True, progress=True, generations_path=out / "eval" / "generations.jsonl")
@@ -360,7 +362,7 @@ def _examples(em, prompts: list, cfg: DemoConfig) -> list[dict]:
     from cmpo.serve.generate import GenerationOptions
 
     model = em.models[None]
-    opts = GenerationOptions(max_new_tokens=cfg.max_new_tokens)
+    opts = GenerationOptions(max_new_tokens=cfg.max_new_tokens, repetition_penalty=cfg.repetition_penalty)
     rows = [{"condition": "reference", "text": model.reference().generate(prompts, options=opts)[0]}]
     for a in model.attributes:
         rows.append({"condition": f"{a}=1", "text": model.generate(prompts, weights={a: 1.0}, options=opts)[0]})
@@ -419,6 +421,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pair-off-target-penalty", type=float, default=None, metavar="RHO",
                         help="rank each prompt's pairs for condition S by margin on S − RHO × margin elsewhere "
                              f"(default {DemoConfig.pair_off_target_penalty}; 0 = the thesis's net margin)")
+    parser.add_argument("--repetition-penalty", type=float, default=None,
+                        help="repetition penalty of the evaluation's greedy decoding, applied to the reference and "
+                             f"every condition alike (default {DemoConfig.repetition_penalty}; 1 = plain greedy)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="training recipe overrides, e.g. train.max_steps=60 model.adapter=shared")
 
@@ -433,7 +438,8 @@ def config_from_args(args) -> DemoConfig:
     if args.pareto:
         kw["pareto"] = [a.strip() for a in args.pareto.split(",")]
     cfg = DemoConfig.quick(**kw) if args.quick else DemoConfig(**kw)
-    for name in ("train_prompts", "heldout_prompts", "max_new_tokens", "pair_off_target_penalty"):
+    for name in ("train_prompts", "heldout_prompts", "max_new_tokens", "pair_off_target_penalty",
+                 "repetition_penalty"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     if cfg.data and not cfg.format:

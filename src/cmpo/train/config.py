@@ -50,6 +50,7 @@ class ModelConfig(_Coerce):
     head_rank: int = 16
     head_alpha: float = 16.0
     adapter: str = "shared"  # shared (thesis) | plural | none
+    train_heads: bool = True  # False: every head stays W0 and the (plural) adapters alone steer
     adapter_layers: int | None = None  # adapters on the last N decoder layers only (None: all)
     prefix_cache: bool = False  # cache the frozen layers below the adapters once per sequence (CPU speed-up)
     init_seed: int = 0
@@ -75,6 +76,9 @@ class LossConfig(_Coerce):
     # α: add α · (per-token NLL of the chosen response under its λ) to each pair's loss (RPO, Pang et al. 2024;
     # TRL's rpo_alpha). Keeps the policy on fluent, likely text while the margin grows; 0 = the thesis.
     chosen_nll_weight: float = 0.0
+    # γ: token-level unlikelihood of tokens the chosen response already used, per chosen token (Welleck et al.
+    # 2019; see WarmStartConfig.unlikelihood_weight); 0 = off
+    chosen_unlikelihood_weight: float = 0.0
 
 
 @dataclass
@@ -94,6 +98,9 @@ class WarmStartConfig(_Coerce):
     # rank by r_j − ρ·Σ_{i≠j} r_i instead of r_j: prefers responses that are high on j *only*, so a head does not
     # also learn what its attribute happens to co-occur with in the data (e.g. enthusiastic answers being short)
     off_target_penalty: float = 0.0
+    # γ: token-level unlikelihood on tokens the response already used (Welleck et al. 2019), added to the
+    # warm start's NLL; counters the greedy loops (`1.1.1.1…`) an SFT-sharpened head falls into. 0 = plain SFT.
+    unlikelihood_weight: float = 0.0
     num_train_epochs: float = 1.0
     learning_rate: float = 1e-4
     max_steps: int = -1

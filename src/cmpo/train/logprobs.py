@@ -67,6 +67,31 @@ def _chunk_logprobs(head_fn, h: torch.Tensor, w: torch.Tensor | None, targets: t
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
+def _chunk_logprobs_unlikelihood(head_fn, h, w, targets, cand, cand_mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p(targets) [n], Σ_c −log(1 − p(c)) [n]) for one chunk; cand [n, M] token ids, cand_mask [n, M]."""
+    logits = head_fn(h, w).float()
+    logz = torch.logsumexp(logits, dim=-1, keepdim=True)
+    logp = (logits.gather(-1, targets.unsqueeze(-1)) - logz).squeeze(-1)
+    p_cand = (logits.gather(-1, cand) - logz).exp().clamp(max=1 - 1e-6)
+    return logp, -(torch.log1p(-p_cand) * cand_mask).sum(-1)
+
+
+def previous_token_candidates(tokens: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unlikelihood candidates (Welleck et al. 2019): for response token i of a row, the distinct tokens
+    earlier in the same response, minus token i itself.
+
+    ``tokens`` [B, M] (response tokens, left-aligned), ``valid`` [B, M] -> (candidate ids [B, M, M] (row j of
+    position i is ``tokens[b]``), mask [B, M, M] with mask[b, i, j] = j < i, token j is the first occurrence
+    of its id, and tokens[b, j] ≠ tokens[b, i]).
+    """
+    m = tokens.shape[1]
+    earlier = torch.ones(m, m, dtype=torch.bool, device=tokens.device).tril(-1)  # [i, j]: j < i
+    same = tokens.unsqueeze(2) == tokens.unsqueeze(1)  # [B, i, j]
+    first = ~(same & earlier).any(-1) & valid  # [B, j]: no equal token before j
+    mask = earlier & first.unsqueeze(1) & ~same & valid.unsqueeze(2)
+    return tokens.unsqueeze(1).expand(-1, m, -1), mask
+
+
 def token_logprobs(
     model,
     input_ids: torch.Tensor,
@@ -81,6 +106,25 @@ def token_logprobs(
     Returns ``(logp [N], row [N])``: ``logp[i]`` = log p(token t | <t) for the i-th response token (row-major
     order over [B, T]) and ``row[i]`` its batch index. ``response_mask[:, 0]`` must be 0 (nothing predicts it).
     """
+    logp, rows, _ = _token_terms(model, input_ids, attention_mask, response_mask, weights, reference, chunk_size,
+                                 unlikelihood=False)
+    return logp, rows
+
+
+def token_logprobs_unlikelihood(model, input_ids, attention_mask, response_mask, weights=None,
+                                chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`token_logprobs` plus each response token's unlikelihood term, from the same forward pass.
+
+    Returns ``(logp [N], unlikelihood [N], row [N])`` with unlikelihood[i] = Σ_{c ∈ C_i} −log(1 − p(c | <t)),
+    C_i = the distinct tokens earlier in the same response except token i itself (token-level unlikelihood,
+    Welleck et al. 2019: it lowers the probability of repeating what the response already said, the failure
+    behind greedy loops such as ``1.1.1.1…``).
+    """
+    return _token_terms(model, input_ids, attention_mask, response_mask, weights, False, chunk_size,
+                        unlikelihood=True)
+
+
+def _token_terms(model, input_ids, attention_mask, response_mask, weights, reference, chunk_size, unlikelihood):
     if input_ids.shape != attention_mask.shape or input_ids.shape != response_mask.shape:
         raise ValueError(f"input_ids {tuple(input_ids.shape)}, attention_mask {tuple(attention_mask.shape)} and "
                          f"response_mask {tuple(response_mask.shape)} must have the same [B, T] shape")
@@ -96,18 +140,29 @@ def token_logprobs(
     w = weights[rows] if (weights is not None and weights.dim() == 2) else weights
     if w is not None:
         w = w.to(h.device)
+    extra = ()
+    if unlikelihood:  # per response token: the ids of its row's earlier tokens [N, M] and which count [N, M]
+        pos = (sel.cumsum(1) - 1)[sel]
+        m = int(sel.sum(1).max()) if sel.any() else 0
+        tok = targets.new_zeros(input_ids.shape[0], m)
+        valid = torch.zeros_like(tok, dtype=torch.bool)
+        tok[rows, pos], valid[rows, pos] = targets, True
+        cand, cand_mask = previous_token_candidates(tok, valid)
+        extra = (cand[rows, pos], cand_mask[rows, pos].float())
+    fn = _chunk_logprobs_unlikelihood if unlikelihood else _chunk_logprobs
     needs_grad = torch.is_grad_enabled() and (h.requires_grad or any(p.requires_grad for p in _head_params(model)))
     pieces = []
     for start in range(0, h.shape[0], chunk_size):
-        hc = h[start : start + chunk_size]
-        wc = w[start : start + chunk_size] if (w is not None and w.dim() == 2) else w
-        tc = targets[start : start + chunk_size]
-        if needs_grad:
-            pieces.append(checkpoint(_chunk_logprobs, head_fn, hc, wc, tc, use_reentrant=False))
-        else:
-            pieces.append(_chunk_logprobs(head_fn, hc, wc, tc))
-    logp = torch.cat(pieces) if pieces else h.new_zeros(0, dtype=torch.float32)
-    return logp, rows
+        sl = slice(start, start + chunk_size)
+        wc = w[sl] if (w is not None and w.dim() == 2) else w
+        args = (head_fn, h[sl], wc, targets[sl], *(x[sl] for x in extra))
+        pieces.append(checkpoint(fn, *args, use_reentrant=False) if needs_grad else fn(*args))
+    empty = h.new_zeros(0, dtype=torch.float32)
+    if not unlikelihood:
+        return (torch.cat(pieces) if pieces else empty), rows, None
+    if not pieces:
+        return empty, empty, rows
+    return torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces]), rows
 
 
 def _head_params(model):

@@ -254,6 +254,7 @@ def run_dpo(cfg: RunConfig, data: str | Path, out: str | Path, resume=None, call
     trainer = PreferenceTrainer(model=policy, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                                 data_collator=collator, beta=cfg.loss.beta, epsilon=cfg.loss.epsilon,
                                 loss_type=cfg.loss.loss_type, chosen_nll_weight=cfg.loss.chosen_nll_weight,
+                                chosen_unlikelihood_weight=cfg.loss.chosen_unlikelihood_weight,
                                 callbacks=callbacks)
     trainer.train(resume_from_checkpoint=_resume_arg(resume, args.output_dir))
     if args.should_save:
@@ -323,6 +324,10 @@ def run_cmpo(cfg: RunConfig, data: str | Path, out: str | Path, resume=None, cal
     if not attributes:
         raise ValueError(f"{data}/meta.json lists no attributes")
     plural = build_plural(cfg, attributes, cfg.model.template or meta.get("template"))
+    if not cfg.model.train_heads:
+        if cfg.model.adapter == "none":
+            raise ValueError("model.train_heads=false with model.adapter=none leaves nothing to train")
+        plural.head.requires_grad_(False)
     tok = plural.tokenizer
     template = _template(cfg, tok, meta)
     plural.config.template = template.spec
@@ -360,7 +365,8 @@ def run_cmpo(cfg: RunConfig, data: str | Path, out: str | Path, resume=None, cal
                                  learning_rate=ws.learning_rate, num_train_epochs=ws.num_train_epochs,
                                  max_steps=ws.max_steps, eval_strategy="no")
         ws_trainer = SFTTrainer(model=policy, args=ws_args, train_dataset=ws_ds,
-                                data_collator=SFTCollator(tok.pad_token_id, with_weights=True))
+                                data_collator=SFTCollator(tok.pad_token_id, with_weights=True),
+                                unlikelihood_weight=ws.unlikelihood_weight)
         ws_trainer.train(resume_from_checkpoint=_resume_arg(resume, ws_args.output_dir) if resume and
                          os.path.isdir(ws_args.output_dir) and any(Path(ws_args.output_dir).glob("checkpoint-*"))
                          else None)
@@ -374,6 +380,7 @@ def run_cmpo(cfg: RunConfig, data: str | Path, out: str | Path, resume=None, cal
     trainer = PreferenceTrainer(model=policy, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                                 data_collator=collator, beta=cfg.loss.beta, epsilon=cfg.loss.epsilon,
                                 loss_type=cfg.loss.loss_type, chosen_nll_weight=cfg.loss.chosen_nll_weight,
+                                chosen_unlikelihood_weight=cfg.loss.chosen_unlikelihood_weight,
                                 attributes=attributes,
                                 callbacks=callbacks)
     trainer.train(resume_from_checkpoint=_resume_arg(resume, args.output_dir))

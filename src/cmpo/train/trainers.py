@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from transformers import Trainer
 
-from cmpo.train.logprobs import sequence_logprobs, token_logprobs
+from cmpo.train.logprobs import sequence_logprobs, token_logprobs, token_logprobs_unlikelihood
 from cmpo.train.losses import preference_loss
 
 TRAINABLE_WEIGHTS = "model.safetensors"
@@ -46,8 +46,11 @@ class PolicyModel(nn.Module):
             ref_model.eval()
 
     def forward(self, input_ids, attention_mask, response_mask, weights=None, reference: bool = False,
-                per_token: bool = False, **unused):
+                per_token: bool = False, unlikelihood: bool = False, **unused):
         model = self.model
+        if unlikelihood:  # per-token (logp, unlikelihood, rows) of the policy
+            return token_logprobs_unlikelihood(model, input_ids, attention_mask, response_mask, weights=weights,
+                                               chunk_size=self.chunk_size)
         if reference and self.ref_model is not None:
             model, reference = self.ref_model, False
         fn = token_logprobs if per_token else sequence_logprobs
@@ -137,22 +140,37 @@ class SFTTrainer(_CmpoTrainerBase):
     """Mean negative log-likelihood of the response tokens over the whole (accumulated, all-process) batch.
 
     With ``weights`` in the batch (plural SFT warm start), each example is scored under its own λ.
+    ``unlikelihood_weight`` γ adds γ · Σ_{c ∈ C_t} −log(1 − p(c)) per token (C_t: the response's earlier
+    tokens; :func:`cmpo.train.logprobs.token_logprobs_unlikelihood`), averaged the same way as the NLL.
     """
 
     loss_is_scaled_for_ga = True
 
+    def __init__(self, *args, unlikelihood_weight: float = 0.0, **kwargs):
+        if unlikelihood_weight < 0:
+            raise ValueError(f"unlikelihood_weight must be >= 0, got {unlikelihood_weight}")
+        super().__init__(*args, **kwargs)
+        self.unlikelihood_weight = unlikelihood_weight
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs.pop("labels", None)
-        logp, _ = model(inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"],
-                        weights=inputs.get("weights"), per_token=True)
-        nll = -logp.sum()
-        if num_items_in_batch is None:  # evaluation: this batch's own mean
-            loss = nll / max(1, logp.numel())
+        args = (inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"])
+        if self.unlikelihood_weight:
+            logp, ul, _ = model(*args, weights=inputs.get("weights"), unlikelihood=True)
         else:
-            loss = nll / num_items_in_batch
+            (logp, _), ul = model(*args, weights=inputs.get("weights"), per_token=True), None
+        nll = -logp.sum()
+        total = nll if ul is None else nll + self.unlikelihood_weight * ul.sum()
+        if num_items_in_batch is None:  # evaluation: this batch's own mean
+            loss = total / max(1, logp.numel())
+        else:
+            loss = total / num_items_in_batch
             if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
                 loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
-        self._record("nll_per_token", nll, torch.tensor(float(logp.numel())))
+        n = torch.tensor(float(logp.numel()))
+        self._record("nll_per_token", nll, n)
+        if ul is not None:
+            self._record("unlikelihood_per_token", ul.sum().detach(), n)
         return (loss, {"loss": loss}) if return_outputs else loss
 
 
@@ -162,14 +180,19 @@ class PreferenceTrainer(_CmpoTrainerBase):
     loss_is_scaled_for_ga = False  # per-batch mean: the Trainer divides by the accumulation steps
 
     def __init__(self, *args, beta: float = 0.5, epsilon: float = 0.1, loss_type: str = "sigmoid",
-                 chosen_nll_weight: float = 0.0, attributes: list[str] | None = None, **kwargs):
+                 chosen_nll_weight: float = 0.0, chosen_unlikelihood_weight: float = 0.0,
+                 attributes: list[str] | None = None, **kwargs):
+        if chosen_unlikelihood_weight < 0:
+            raise ValueError(f"chosen_unlikelihood_weight must be >= 0, got {chosen_unlikelihood_weight}")
         super().__init__(*args, **kwargs)
         self.beta, self.epsilon, self.loss_type = beta, epsilon, loss_type
         self.chosen_nll_weight = chosen_nll_weight
+        self.chosen_unlikelihood_weight = chosen_unlikelihood_weight
         self.attributes = attributes
 
     def pair_loss(self, model, inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """-> (per-pair loss [B], metrics); with ``chosen_nll_weight`` the chosen NLL is under the pair's λ."""
+        """-> (per-pair loss [B], metrics); with ``chosen_nll_weight`` the chosen NLL is under the pair's λ;
+        ``chosen_unlikelihood_weight`` γ adds γ · (the chosen response's token-level unlikelihood) / |y_c|."""
         ids, am, rm = inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"]
         b = ids.shape[0] // 2
         weights = inputs.get("weights")
@@ -180,9 +203,18 @@ class PreferenceTrainer(_CmpoTrainerBase):
             with torch.no_grad():
                 ref = model(ids, am, rm, reference=True)
             ref_c, ref_r = ref[:b], ref[b:]
-        logp = model(ids, am, rm, weights=w2)
-        return preference_loss(logp[:b], logp[b:], ref_c, ref_r, self.beta, self.epsilon, self.loss_type,
-                               self.chosen_nll_weight, rm[:b].sum(1))
+        n_chosen = rm[:b].sum(1)
+        if not self.chosen_unlikelihood_weight:
+            logp = model(ids, am, rm, weights=w2)
+            return preference_loss(logp[:b], logp[b:], ref_c, ref_r, self.beta, self.epsilon, self.loss_type,
+                                   self.chosen_nll_weight, n_chosen)
+        tok_logp, tok_ul, rows = model(ids, am, rm, weights=w2, unlikelihood=True)
+        logp = tok_logp.new_zeros(ids.shape[0]).index_add(0, rows, tok_logp)
+        ul = tok_ul.new_zeros(ids.shape[0]).index_add(0, rows, tok_ul)[:b] / n_chosen.clamp(min=1).to(tok_ul.dtype)
+        loss, metrics = preference_loss(logp[:b], logp[b:], ref_c, ref_r, self.beta, self.epsilon, self.loss_type,
+                                        self.chosen_nll_weight, n_chosen)
+        metrics["unlikelihood/chosen_per_token"] = ul.detach()
+        return loss + self.chosen_unlikelihood_weight * ul, metrics
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         losses, metrics = self.pair_loss(model, inputs)
