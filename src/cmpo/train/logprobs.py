@@ -106,7 +106,7 @@ def token_logprobs(
     Returns ``(logp [N], row [N])``: ``logp[i]`` = log p(token t | <t) for the i-th response token (row-major
     order over [B, T]) and ``row[i]`` its batch index. ``response_mask[:, 0]`` must be 0 (nothing predicts it).
     """
-    logp, rows, _ = _token_terms(model, input_ids, attention_mask, response_mask, weights, reference, chunk_size,
+    logp, _, rows = _token_terms(model, input_ids, attention_mask, response_mask, weights, reference, chunk_size,
                                  unlikelihood=False)
     return logp, rows
 
@@ -125,6 +125,7 @@ def token_logprobs_unlikelihood(model, input_ids, attention_mask, response_mask,
 
 
 def _token_terms(model, input_ids, attention_mask, response_mask, weights, reference, chunk_size, unlikelihood):
+    """-> (logp [N], unlikelihood [N] or None, rows [N]): one trunk pass, the head + softmax run per chunk."""
     if input_ids.shape != attention_mask.shape or input_ids.shape != response_mask.shape:
         raise ValueError(f"input_ids {tuple(input_ids.shape)}, attention_mask {tuple(attention_mask.shape)} and "
                          f"response_mask {tuple(response_mask.shape)} must have the same [B, T] shape")
@@ -159,7 +160,7 @@ def _token_terms(model, input_ids, attention_mask, response_mask, weights, refer
         pieces.append(checkpoint(fn, *args, use_reentrant=False) if needs_grad else fn(*args))
     empty = h.new_zeros(0, dtype=torch.float32)
     if not unlikelihood:
-        return (torch.cat(pieces) if pieces else empty), rows, None
+        return (torch.cat(pieces) if pieces else empty), None, rows
     if not pieces:
         return empty, empty, rows
     return torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces]), rows
