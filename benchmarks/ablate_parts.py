@@ -27,16 +27,12 @@ VARIANTS = {"trained": (), "head ablated": ("head",), "adapters ablated": ("adap
 
 
 def heldout_prompts(data_dir: Path) -> list:
-    """The prepared data's validation prompts, once each, in order."""
+    """The prepared data's validation prompts, once each, in order (as `cmpo demo` evaluates them)."""
+    from cmpo.demo.pipeline import unique_prompts
     from cmpo.eval.cli import load_prepared
 
     _, splits = load_prepared(str(data_dir))
-    seen, prompts = set(), []
-    for row in splits["sft"]["validation"]:
-        if row["prompt_id"] not in seen:
-            seen.add(row["prompt_id"])
-            prompts.append(row["prompt"])
-    return prompts
+    return [row["prompt"] for row in unique_prompts(splits["sft"]["validation"])]
 
 
 def main(argv=None) -> int:

@@ -335,7 +335,7 @@ def _evaluate(cfg: DemoConfig, model_dir: Path, data_dir: Path, out: Path) -> di
     scorer = demo_scorer(cfg, data_dir, out)
     em = EvalModel.load("cmpo", str(model_dir))
     meta, splits = load_prepared(data_dir)
-    prompts = [row["prompt"] for row in _unique_prompts(splits["sft"]["validation"])]
+    prompts = [row["prompt"] for row in unique_prompts(splits["sft"]["validation"])]
     metrics = ["accuracy", "steerability"] + (["pareto"] if cfg.pareto and all(scorer.supports(a)
                                                                                  for a in cfg.pareto) else [])
     results = evaluate({"cmpo": em}, metrics, data=str(data_dir), prompts=prompts, scorer=scorer,
@@ -348,7 +348,8 @@ def _evaluate(cfg: DemoConfig, model_dir: Path, data_dir: Path, out: Path) -> di
     return results
 
 
-def _unique_prompts(ds) -> list[dict]:
+def unique_prompts(ds) -> list[dict]:
+    """The first row of each ``prompt_id``, in order (the held-out prompts of a prepared ``sft`` split)."""
     seen, rows = set(), []
     for row in ds:
         if row["prompt_id"] not in seen:

@@ -49,6 +49,8 @@ class PolicyModel(nn.Module):
                 per_token: bool = False, unlikelihood: bool = False, **unused):
         model = self.model
         if unlikelihood:  # per-token (logp, unlikelihood, rows) of the policy
+            if reference:
+                raise ValueError("the unlikelihood term is a policy term; it has no reference variant")
             return token_logprobs_unlikelihood(model, input_ids, attention_mask, response_mask, weights=weights,
                                                chunk_size=self.chunk_size)
         if reference and self.ref_model is not None:
