@@ -9,6 +9,10 @@ seeds when there are ≥ 2), the largest off-diagonal entry of each row, how man
 (diagonal CI above 0 and above its row), conditioned preference accuracy, the quality guards (share finished,
 reference-model perplexity of the outputs, degenerate share), whether every mixed-λ point of the Pareto sweep
 lies between its one-hot endpoints, and wall times. ``--markdown`` adds the table docs/steerability.md uses.
+
+``compressible`` is a loop measure independent of the degenerate guard (which on-policy negatives train
+against): the share of a condition's outputs whose zlib-compressed size is under 30 % of their UTF-8 size
+(prose compresses to ≈ 50–60 %; `1.1.1.1…` or a repeated greeting to ≈ 15–25 %), read from eval/generations.jsonl.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import argparse
 import json
 import math
 import statistics
+import zlib
 from pathlib import Path
 
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
@@ -36,6 +41,26 @@ def mixed_between_endpoints(pareto: dict) -> bool | None:
         return None
     lo, hi = [min(a, b) for a, b in zip(*ends)], [max(a, b) for a, b in zip(*ends)]
     return all(lo[i] - 1e-9 <= s[i] <= hi[i] + 1e-9 for s in inner for i in range(len(s)))
+
+
+def compressible_share(path: Path, attributes: list[str]) -> list[float | None]:
+    """Per one-hot condition (then the reference): share of outputs that zlib compresses below 30 %."""
+    gen = path / "eval" / "generations.jsonl"
+    if not gen.exists():
+        return [None] * (len(attributes) + 1)
+    rows = [json.loads(line) for line in gen.read_text().splitlines() if line.strip()]
+    k = len(attributes)
+    names = [f"λ=({', '.join('1' if j == i else '0' for j in range(k))})" for i in range(k)] + ["reference"]
+
+    def small(text: str) -> bool:
+        raw = text.encode()
+        return bool(raw) and len(zlib.compress(raw, 9)) < 0.3 * len(raw)
+
+    out = []
+    for name in names:
+        texts = [r["response"] for r in rows if r.get("condition") == name]
+        out.append(sum(map(small, texts)) / len(texts) if texts else None)
+    return out
 
 
 def run_summary(label: str, path: Path) -> dict:
@@ -59,6 +84,7 @@ def run_summary(label: str, path: Path) -> dict:
         "finished": [guards.get(a, {}).get("finished") for a in attrs] + [guards.get("reference", {}).get("finished")],
         "perplexity": [_ppl(guards.get(a, {})) for a in attrs] + [_ppl(guards.get("reference", {}))],
         "degenerate": [guards.get(a, {}).get("degenerate") for a in attrs] + [guards.get("reference", {}).get("degenerate")],
+        "compressible": compressible_share(path, attrs),
         "pareto_hypervolume": res.get("pareto", {}).get("cmpo", {}).get("hypervolume"),
         "pareto_mixed_between_endpoints": mixed_between_endpoints(res.get("pareto", {}).get("cmpo", {})),
         "stage_seconds": {s: r.get("seconds") for s, r in state["stages"].items()},
@@ -88,6 +114,7 @@ def aggregate(label: str, runs: list[dict]) -> dict:
         "finished": [mean_ci(col("finished", i)) if col("finished", i) else None for i in range(k + 1)],
         "perplexity": [mean_ci(col("perplexity", i)) if col("perplexity", i) else None for i in range(k + 1)],
         "degenerate": [mean_ci(col("degenerate", i)) if col("degenerate", i) else None for i in range(k + 1)],
+        "compressible": [mean_ci(col("compressible", i)) if col("compressible", i) else None for i in range(k + 1)],
         "pareto_mixed_between_endpoints": sum(bool(r["pareto_mixed_between_endpoints"]) for r in runs),
         "train_seconds": mean_ci([r["stage_seconds"].get("train") or 0.0 for r in runs]),
     }

@@ -51,3 +51,15 @@ def test_aggregate_over_seeds(tmp_path):
     assert g["train_seconds"][0] == pytest.approx(20.0)
     table = seeds.markdown([g])
     assert "| x | 0, 1, 2 | +3.00 ± 2.48 (+0.50 ± 0.00)" in table and "| 3/3 | 20 |" in table
+
+
+def test_compressible_share_flags_loops_not_prose(tmp_path):
+    prose = ("Gravity is the force by which a planet or other body draws objects toward its center. It keeps "
+             "the Moon in orbit and makes apples fall, and Einstein described it as curved spacetime.")
+    rows = [{"condition": "λ=(1, 0)", "response": prose}, {"condition": "λ=(1, 0)", "response": "1." * 60},
+            {"condition": "λ=(0, 1)", "response": "Dear Sarah,\n\nDear Emily,\n\n" * 8},
+            {"condition": "reference", "response": prose}, {"condition": "λ=(0.5, 0.5)", "response": "1." * 60}]
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "generations.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    assert seeds.compressible_share(tmp_path, ["a", "b"]) == [0.5, 1.0, 0.0]
+    assert seeds.compressible_share(tmp_path / "none", ["a", "b"]) == [None, None, None]

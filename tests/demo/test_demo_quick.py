@@ -44,6 +44,10 @@ def test_quick_demo_writes_a_complete_report_and_resumes(tmp_path, smollm_dir):
     # every stage finished; a rerun resumes (nothing is recomputed) and reports the same numbers
     state = json.loads((out / "state.json").read_text())
     assert set(state["stages"]) == {"candidates", "feedback", "prepare", "train", "evaluate", "report"}
+    # one round of on-policy negatives searched the training prompts (≤ 20) + 8 unlabelled ones under each one-hot λ
+    (found,) = state["stages"]["train"]["negatives"]
+    searched = {c["prompts"] for c in found.values()}
+    assert set(found) == set(steer["attributes"]) and len(searched) == 1 and 8 < searched.pop() <= 28
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("done earlier, reusing") == 5

@@ -21,6 +21,8 @@ def test_split_is_seeded_disjoint_and_balanced():
     a, b = fb.split_prompts(96, 24, seed=0), fb.split_prompts(96, 24, seed=0)
     assert a == b and len(a.train) == 96 and len(a.heldout) == 24
     assert not set(a.train) & set(a.heldout)
+    # the rest of the pool, used by neither (the demo searches it for on-policy negatives)
+    assert sorted(a.train + a.heldout + a.unused) == sorted(r["text"] for r in fb.builtin_prompts())
     cats = {r["text"]: r["category"] for r in fb.builtin_prompts()}
     assert len({cats[t] for t in a.heldout}) == 4  # every category is held out
     assert fb.split_prompts(96, 24, seed=1).heldout != a.heldout

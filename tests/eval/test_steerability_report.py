@@ -5,7 +5,7 @@ import pytest
 
 from cmpo.eval import plots
 from cmpo.eval.report import metric_rows, write_report
-from cmpo.eval.steerability import effect_matrix, hypervolume_2d, is_degenerate, pareto_front
+from cmpo.eval.steerability import effect_matrix, hypervolume_2d, pareto_front
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -35,20 +35,6 @@ def test_hypervolume_and_front():
     assert hypervolume_2d([(4, 4)]) == 16.0 and hypervolume_2d([]) == 0.0
     assert pareto_front(pts) == [0, 1, 2]
     assert pareto_front([(1, 1), (1, 1)]) == [0, 1]
-
-
-@pytest.mark.parametrize("text, bad", [
-    ("Gravity is the force that pulls masses together.", False),
-    ("- apples\n- pears\n- plums", False),
-    ("Wow! That's great!!! Let's go!", False),
-    ("113.1\n\n-113.1\n\n-113.1\n\n-113.1", True),    # a structure-rater hack seen in the demo
-    ("1\n-1\n-1", True),
-    ("", True),
-    ("the cat sat the cat sat the cat sat the cat sat", True),  # 3 distinct of 10 bigrams
-    ("one two three four five six seven eight", False),
-])
-def test_degenerate_output_guard(text, bad):
-    assert is_degenerate(text) is bad
 
 
 def test_training_curves_from_trainer_state(tmp_path):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -29,6 +29,7 @@ STYLE_INSTRUCTIONS: dict[str, str] = {
 class DemoPrompts:
     train: list[str]
     heldout: list[str]
+    unused: list[str] = field(default_factory=list)  # neither: unlabelled prompts (e.g. for on-policy negatives)
 
 
 def builtin_prompts() -> list[dict]:
@@ -53,7 +54,7 @@ def split_prompts(n_train: int, n_heldout: int, seed: int = 0) -> DemoPrompts:
     ordered += [t for texts in by_cat.values() for t in texts[min(map(len, by_cat.values())):]]
     heldout = ordered[:n_heldout]
     train = ordered[n_heldout:n_heldout + n_train]
-    return DemoPrompts(train=train, heldout=heldout)
+    return DemoPrompts(train=train, heldout=heldout, unused=ordered[n_heldout + n_train:])
 
 
 def styled_prompt(prompt: str, style: str) -> str:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+UNLABELLED_PROMPTS = "unlabelled_prompts.jsonl"  # in the demo's data dir
 STAGES = ("candidates", "feedback", "prepare", "train", "evaluate", "report")
 DEMO_ATTRIBUTES = ["conciseness", "structure", "enthusiasm"]
 
@@ -56,6 +57,8 @@ class DemoConfig:
     pair_off_target_penalty: float = 0.5
     # training (see recipes/demo.yaml for the same settings as a recipe)
     train_overrides: list[str] = field(default_factory=list)
+    unlabelled_prompts: int = 50  # built-in prompts used neither for training nor evaluation, searched (with the
+    # training prompts) for on-policy negatives when the recipe enables them
     # evaluation
     pareto: list[str] = field(default_factory=lambda: ["conciseness", "enthusiasm"])
     pareto_grid: int = 5
@@ -65,8 +68,10 @@ class DemoConfig:
 
     @classmethod
     def quick(cls, **kw) -> DemoConfig:
-        cfg = cls(train_prompts=20, heldout_prompts=6, max_new_tokens=48, pareto_grid=3, max_eval_pairs=12, **kw)
-        cfg.train_overrides = ["warm_start.max_steps=6", "train.max_steps=6"] + cfg.train_overrides
+        cfg = cls(train_prompts=20, heldout_prompts=6, max_new_tokens=48, pareto_grid=3, max_eval_pairs=12,
+                  unlabelled_prompts=8, **kw)
+        cfg.train_overrides = (["warm_start.max_steps=6", "train.max_steps=6", "negatives.max_steps=4"]
+                               + cfg.train_overrides)
         return cfg
 
     def fingerprint(self, upto: str) -> str:
@@ -78,7 +83,8 @@ class DemoConfig:
         d["style_instructions"] = [STYLE_INSTRUCTIONS.get(s) for s in self.styles]  # their wording shapes the data
         keys = {"candidates": ["model", "seed", "train_prompts", "heldout_prompts", "styles", "style_instructions",
                                "temperatures", "max_new_tokens", "data", "format"],
-                "feedback": ["attributes"], "prepare": ["pair_off_target_penalty"], "train": ["train_overrides"],
+                "feedback": ["attributes"], "prepare": ["pair_off_target_penalty"],
+                "train": ["train_overrides", "unlabelled_prompts"],
                 "evaluate": ["pareto", "pareto_grid", "judge", "max_eval_pairs", "repetition_penalty"], "report": []}
         used = [k for s in STAGES[: STAGES.index(upto) + 1] for k in keys[s]]
         return hashlib.sha256(json.dumps({k: d[k] for k in used}, sort_keys=True).encode()).hexdigest()[:16]
@@ -89,11 +95,12 @@ def demo_run_config(cfg: DemoConfig, data_dir: Path):
     from cmpo.recipes import apply_overrides
     from cmpo.train.config import RunConfig, load_run_config
 
-    # Setting N of docs/steerability.md: λ-mixed ("plural") adapters on the top 8 layers with the frozen
+    # Setting Q of docs/steerability.md: λ-mixed ("plural") adapters on the top 8 layers with the frozen
     # prefix cached; plural SFT warm start on responses high on their attribute only (off-target penalty 1.0);
-    # then plain DPO (ε = 0) with a chosen-NLL term (RPO α = 1) for 60 steps at a moderate LR. The DPO pairs are
-    # picked with the pair off-target penalty (DemoConfig.pair_off_target_penalty). cDPO (ε = 0.1) after the
-    # warm start pulls the margins back to its cap and undid the steering (setting F).
+    # then plain DPO (ε = 0) with a chosen-NLL term (RPO α = 1) for 60 steps at a moderate LR (= setting N);
+    # then one round of on-policy negatives (20 steps) against the greedy loops N falls into under structure.
+    # The DPO pairs are picked with the pair off-target penalty (DemoConfig.pair_off_target_penalty). cDPO
+    # (ε = 0.1) after the warm start pulls the margins back to its cap and undid the steering (setting F).
     base = {
         "kind": "cmpo",
         "model": {"name": cfg.model, "head_mode": "lowrank", "head_rank": 8, "head_alpha": 8,
@@ -106,6 +113,8 @@ def demo_run_config(cfg: DemoConfig, data_dir: Path):
                        "off_target_penalty": 1.0},
         "train": {"learning_rate": 2e-4, "max_steps": 60, "per_device_train_batch_size": 4,
                   "logging_steps": 2, "save_strategy": "no", "seed": cfg.seed, "weight_decay": 0.01},
+        "negatives": {"rounds": 1, "prompts": None if cfg.data else str(data_dir / UNLABELLED_PROMPTS),
+                      "max_new_tokens": 48, "batch_size": 16, "max_steps": 20},
     }
     del RunConfig
     recipe = apply_overrides(base, cfg.train_overrides)
@@ -229,11 +238,16 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
 
     # 4. train ------------------------------------------------------------------------------------
     model_dir = out / "model"
+    if not user_data:  # built-in prompts used neither for training nor evaluation: searched for on-policy negatives
+        write_jsonl([{"prompt": p} for p in prompts.unused[:cfg.unlabelled_prompts]], data_dir / UNLABELLED_PROMPTS)
     run_cfg = demo_run_config(cfg, data_dir)
     loss = run_cfg.loss
     loss_name = "IPO" if loss.loss_type == "ipo" else (f"cDPO ε={loss.epsilon}" if loss.epsilon else "DPO")
+    neg = run_cfg.negatives
+    rounds = f" + {neg.rounds} round(s) of on-policy negatives ({neg.max_steps} steps)" if neg.rounds else ""
     _banner(4, "train", f"plural SFT warm start ({run_cfg.warm_start.max_steps} steps) + CMPO {loss_name} "
-            f"({run_cfg.train.max_steps} steps), adapter={run_cfg.model.adapter}, heads={run_cfg.model.head_mode}")
+            f"({run_cfg.train.max_steps} steps){rounds}, adapter={run_cfg.model.adapter}, "
+            f"heads={run_cfg.model.head_mode}")
     if stages.done("train") and (model_dir / "cmpo_config.json").exists():
         print("  done earlier, reusing", file=sys.stderr)
     else:
@@ -244,7 +258,7 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
         timings["train"] = time.time() - t
         (out / "train").mkdir(exist_ok=True)  # the trainer-state layout cmpo eval reads curves from
         (out / "train" / "trainer_state.json").write_text(json.dumps({"log_history": result.log_history}))
-        stages.finish("train", timings["train"])
+        stages.finish("train", timings["train"], negatives=result.negatives)
 
     # 5. evaluate ---------------------------------------------------------------------------------
     metrics_path = out / "eval" / "results.json"
@@ -387,9 +401,10 @@ def summarize(results: dict, cfg: DemoConfig) -> str:
         lines.append(f"diagonal mean {st['diagonal_mean']:+.2f}, off-diagonal mean {st['off_diagonal_mean']:+.2f}, "
                      f"{st['n_prompts']} prompts, seed {cfg.seed}")
         g = st.get("guards", {})
-        lines.append("quality guards (finished / degenerate / reference perplexity): " + "; ".join(
+        lines.append("quality guards (finished / degenerate / median reference perplexity): " + "; ".join(
             f"{name} {v.get('finished', float('nan')):.2f} / {v.get('degenerate', float('nan')):.2f} / "
-            f"{v.get('reference_perplexity', float('nan')):.1f}" for name, v in g.items()))
+            f"{v.get('reference_perplexity_median', v.get('reference_perplexity', float('nan'))):.1f}"
+            for name, v in g.items()))
     acc = (results.get("accuracy") or {}).get("cmpo")
     if acc:
         parts = [f"{a} {v['policy']['accuracy']:.2f} (n={v['policy']['n']})" for a, v in acc.items()

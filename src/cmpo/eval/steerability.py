@@ -14,7 +14,7 @@ hypervolume (area dominated by the front, maximising both scores) is measured fr
 
 Quality guards per condition: share of finished outputs (EOS or a stop string within the token budget), the
 mean perplexity of the outputs under the reference model (fluency drift), and the share of degenerate outputs
-(:func:`is_degenerate`: mostly non-letters, or word bigrams repeating — how rule raters get reward-hacked).
+(:func:`cmpo.data.quality.is_degenerate`: mostly non-letters, or word bigrams repeating — how rule raters get reward-hacked).
 """
 
 from __future__ import annotations
@@ -23,7 +23,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from cmpo.data.quality import is_degenerate
 from cmpo.eval.metrics import Condition, bootstrap_mean_ci, reference_perplexity, resolve_reference
+
+__all__ = ["effect_matrix", "evaluate_pareto", "evaluate_steerability", "hypervolume_2d", "is_degenerate",
+           "pareto_front"]
 
 
 def effect_matrix(scores: np.ndarray, ref_scores: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
@@ -106,18 +110,6 @@ def evaluate_steerability(em, prompts: Sequence, scorer, generations, reference=
     out.update(attributes=attrs, scorer=getattr(scorer, "name", type(scorer).__name__), guards=guards,
                reference_mean_scores=ref_scores.mean(-1).tolist())
     return out
-
-
-def is_degenerate(text: str) -> bool:
-    """True for an output a reader would not accept as prose: empty, fewer than 40 % letters among its
-    non-space characters (e.g. ``"113.1\n-113.1\n-113.1"``), or ≥ 8 words with under half of its word
-    bigrams distinct (loops)."""
-    chars = [c for c in text if not c.isspace()]
-    if not chars or sum(c.isalpha() for c in chars) < 0.4 * len(chars):
-        return True
-    words = text.lower().split()
-    bigrams = list(zip(words, words[1:]))
-    return len(words) >= 8 and len(set(bigrams)) < 0.5 * len(bigrams)
 
 
 def _guards(ref_model, prompts, texts, finished, perplexity: bool, batch_size: int) -> dict:

@@ -107,6 +107,22 @@ class WarmStartConfig(_Coerce):
 
 
 @dataclass
+class NegativesConfig(_Coerce):
+    """Rounds of on-policy negatives after preference training (cmpo.train.negatives): greedy outputs under
+    each one-hot λ that are degenerate (loops, non-prose) become rejected responses of new pairs."""
+
+    rounds: int = 0  # 0 = off
+    prompts: str | None = None  # JSONL of extra unlabelled prompts (field `prompt`) searched besides the training ones
+    max_new_tokens: int = 64  # loops show within a few dozen tokens; longer costs generation time
+    batch_size: int = 16
+    samples: int = 4  # sampled outputs per flagged unlabelled prompt; the first non-degenerate one is the chosen
+    temperature: float = 0.8
+    replay: float = 1.0  # original pairs mixed into a round, per negative pair
+    max_steps: int = 20  # optimizer steps per round (a fresh AdamW state each round)
+    learning_rate: float | None = None  # None: train.learning_rate
+
+
+@dataclass
 class TrainConfig(_Coerce):
     """Forwarded to ``transformers.TrainingArguments`` (``extra`` takes any other of its arguments)."""
 
@@ -150,6 +166,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+    negatives: NegativesConfig = field(default_factory=NegativesConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)

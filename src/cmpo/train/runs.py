@@ -26,6 +26,7 @@ class RunResult:
     out: Path
     log_history: list[dict] = field(default_factory=list)
     trainer: object = None
+    negatives: list[dict] = field(default_factory=list)  # cmpo: per round, NegativeSearch.counts
 
 
 # ---------------------------------------------------------------------- helpers
@@ -323,6 +324,7 @@ def run_cmpo(cfg: RunConfig, data: str | Path, out: str | Path, resume=None, cal
                          "(λ index order comes from the data)")
     if not attributes:
         raise ValueError(f"{data}/meta.json lists no attributes")
+    extra_prompts = _check_negatives(cfg)
     plural = build_plural(cfg, attributes, cfg.model.template or meta.get("template"))
     if not cfg.model.train_heads:
         if cfg.model.adapter == "none":
@@ -341,8 +343,8 @@ def run_cmpo(cfg: RunConfig, data: str | Path, out: str | Path, resume=None, cal
         return ds
 
     split = cfg.data.train_split
-    train_ds = check_weights(_limit(dd[split], cfg.data.max_train_samples), f"{data}/conditioned/{split}")
-    train_ds = tokenize_pairs(train_ds, template, cfg.data.max_length, cfg.data.max_prompt_length,
+    raw_train = check_weights(_limit(dd[split], cfg.data.max_train_samples), f"{data}/conditioned/{split}")
+    train_ds = tokenize_pairs(raw_train, template, cfg.data.max_length, cfg.data.max_prompt_length,
                               f"{data}/conditioned/{split}")
     eval_ds = None
     if cfg.data.eval_split and cfg.data.eval_split in dd and cfg.train.eval_strategy != "no":
@@ -384,8 +386,78 @@ def run_cmpo(cfg: RunConfig, data: str | Path, out: str | Path, resume=None, cal
                                 attributes=attributes,
                                 callbacks=callbacks)
     trainer.train(resume_from_checkpoint=_resume_arg(resume, args.output_dir))
+    history = list(trainer.state.log_history)
+    rounds = []
+    for r in range(cfg.negatives.rounds):
+        round_trainer, found = _negatives_round(cfg, plural, policy, template, raw_train, extra_prompts,
+                                                attributes, out, r, callbacks)
+        rounds.append(found.counts)
+        if round_trainer is not None:
+            trainer = round_trainer
+            history += [{**h, "negatives_round": r + 1} for h in trainer.state.log_history]
     plural.disable_prefix_cache()
     if args.should_save:
         plural.save(out)
     trainer.accelerator.wait_for_everyone()
-    return RunResult(out, trainer.state.log_history, trainer)
+    return RunResult(out, history, trainer, negatives=rounds)
+
+
+def _check_negatives(cfg: RunConfig) -> list:
+    """Validate ``negatives`` before any training; -> the extra prompts it names."""
+    from cmpo.train.negatives import read_prompts
+
+    neg = cfg.negatives
+    if neg.rounds < 0:
+        raise ValueError(f"negatives.rounds must be >= 0, got {neg.rounds}")
+    if not neg.rounds:
+        return []
+    if neg.max_steps < 1 or neg.max_new_tokens < 1 or neg.batch_size < 1:
+        raise ValueError("negatives.max_steps, max_new_tokens and batch_size must be >= 1, got "
+                         f"{neg.max_steps}, {neg.max_new_tokens}, {neg.batch_size}")
+    if neg.replay < 0:
+        raise ValueError(f"negatives.replay must be >= 0, got {neg.replay}")
+    return read_prompts(neg.prompts) if neg.prompts else []
+
+
+def _negatives_round(cfg: RunConfig, plural, policy, template, raw_train, extra, attributes, out: Path, r: int,
+                     callbacks):
+    """One round of on-policy negatives (cmpo.train.negatives) -> (the round's trainer or None, what it found)."""
+    from datasets import Dataset
+
+    from cmpo.io import write_jsonl
+    from cmpo.serve.generate import SteerableModel
+    from cmpo.train.data import PairCollator, tokenize_pairs
+    from cmpo.train.negatives import PAIR_FIELDS, find_negatives, with_replay
+    from cmpo.train.trainers import PreferenceTrainer
+
+    neg = cfg.negatives
+    plural.disable_prefix_cache()  # generation runs the whole trunk with a KV cache
+    was_training = plural.training
+    plural.eval()
+    steerable = SteerableModel("plural", plural, plural.tokenizer, template, attributes)
+    found = find_negatives(steerable, raw_train, attributes, extra, neg.max_new_tokens, neg.batch_size,
+                           neg.samples, neg.temperature, seed=cfg.train.seed + r, progress=True)
+    plural.train(was_training)
+    log.info("negatives round %d: degenerate / generated per attribute: %s", r + 1, found.summary())
+    if cfg.model.prefix_cache:
+        plural.enable_prefix_cache()
+    if not found.pairs:
+        return None, found
+    rows = with_replay(found.pairs, raw_train, neg.replay, cfg.train.seed + r)
+    ds = tokenize_pairs(Dataset.from_list([{f: row[f] for f in PAIR_FIELDS} for row in rows]), template,
+                        cfg.data.max_length, cfg.data.max_prompt_length, f"negatives round {r + 1}")
+    base = cfg.train.output_dir or f"{out}.checkpoints"
+    args = _training_args(cfg, out, output_dir=f"{base}/negatives-{r + 1}", max_steps=neg.max_steps,
+                          learning_rate=neg.learning_rate or cfg.train.learning_rate, eval_strategy="no",
+                          save_strategy="no")
+    if args.should_save:  # the pairs the round trains against, for inspection
+        write_jsonl(found.pairs, Path(args.output_dir) / "negatives.jsonl")
+    collator = PairCollator(plural.tokenizer.pad_token_id, with_weights=True)
+    ds = _with_reference(cfg, policy, args, ds, collator, f"negatives-{r + 1}")
+    trainer = PreferenceTrainer(model=policy, args=args, train_dataset=ds, data_collator=collator,
+                                beta=cfg.loss.beta, epsilon=cfg.loss.epsilon, loss_type=cfg.loss.loss_type,
+                                chosen_nll_weight=cfg.loss.chosen_nll_weight,
+                                chosen_unlikelihood_weight=cfg.loss.chosen_unlikelihood_weight,
+                                attributes=attributes, callbacks=callbacks)
+    trainer.train()
+    return trainer, found

@@ -1,0 +1,179 @@
+"""On-policy negatives: pairs whose rejected response is the model's own degenerate output.
+
+Preference pairs built from sampled candidates never contain the failure a trained policy drifts into under
+greedy decoding — e.g. a structure head that opens every answer with ``1.`` and then loops ``1.1.1.1…`` on prompts
+that have no list to write. A round of on-policy negatives finds those outputs and trains against them:
+
+1. for each attribute j and each prompt (the training prompts, plus optional unlabelled ones), generate greedily
+   under λ = e_j;
+2. every output :func:`cmpo.data.quality.is_degenerate` flags becomes a pair (x, y_c, ŷ, e_j) rejecting the
+   model's own output ŷ. The chosen y_c is the chosen response of the prompt's e_j training pair when it has
+   one, else the policy's own sampled answer under e_j that is not degenerate (label-free; it keeps the steer),
+   else the reference policy's greedy output (:func:`find_negatives`);
+3. train on those pairs mixed with ``replay`` × as many original pairs (so the steer is not unlearned).
+
+The loss is the run's preference loss; since π_ref gives a loop a far lower likelihood than the policy does,
+the pair's implicit reward margin is strongly negative and the gradient pushes the loop down under its own λ.
+Related: sequence-level unlikelihood on the model's continuations (Welleck et al. 2019) and iterative / online
+DPO, which likewise take rejected responses from the current policy.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+
+from cmpo.data.quality import is_degenerate
+
+PAIR_FIELDS = ("prompt", "chosen", "rejected", "chosen_finished", "rejected_finished", "weights")
+
+
+@dataclass
+class NegativeSearch:
+    """What one search found: the new pairs and, per attribute, counts of what happened to each output."""
+
+    pairs: list[dict] = field(default_factory=list)  # PAIR_FIELDS rows
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return "; ".join(f"{a} {c['degenerate']}/{c['prompts']} → {c['pairs']} pairs (chosen: labelled "
+                         f"{c.get('labelled', 0)}, sampled {c.get('sampled', 0)}, reference {c.get('reference', 0)})"
+                         for a, c in self.counts.items())
+
+
+def one_hot_rows(weights: list[list[float]], k: int) -> dict[int, list[int]]:
+    """Attribute index j -> row indices whose λ is exactly e_j (the single-attribute conditions)."""
+    out: dict[int, list[int]] = {j: [] for j in range(k)}
+    for i, w in enumerate(weights):
+        on = [j for j, v in enumerate(w) if v != 0]
+        if len(on) == 1 and w[on[0]] == 1:
+            out[on[0]].append(i)
+    return out
+
+
+def _key(prompt) -> str:
+    return json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+
+
+def _generate(steerable, prompts: list, weights: list, options, batch_size: int, bar=None) -> list:
+    """Outputs for ``prompts`` (``weights``: one λ per prompt, or None for the reference) -> [(text, finished)]."""
+    from cmpo.serve.generate import Row
+
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        rows = [Row(steerable.encode_prompt(p), weights=w, max_new_tokens=options.max_new_tokens)
+                for p, w in zip(prompts[i:i + batch_size], weights[i:i + batch_size])]
+        steerable.generate_rows(rows, options)
+        out += [(r.text, r.finish_reason != "length") for r in rows]
+        if bar is not None:
+            bar.update(len(rows))
+    return out
+
+
+def find_negatives(steerable, rows, attributes: list[str], extra_prompts: list | None = None,
+                   max_new_tokens: int = 64, batch_size: int = 16, samples: int = 4, temperature: float = 0.8,
+                   seed: int = 0, progress: bool = False) -> NegativeSearch:
+    """Search the policy's greedy outputs under each one-hot λ for degenerate ones and pair them.
+
+    ``steerable``: a plural :class:`~cmpo.serve.generate.SteerableModel`; ``rows``: conditioned training pairs
+    (``prompt``, ``chosen``, ``weights``, optional ``chosen_finished``); ``extra_prompts``: unlabelled prompts.
+    The chosen response of a pair rejecting ŷ (prompt x, λ = e_j), first that exists:
+
+    * ``labelled``: the chosen response of x's e_j training pair;
+    * ``sampled``: the first of ``samples`` sampled outputs of the policy under e_j (``temperature``, top-p 0.95)
+      that is not degenerate — the model's own attribute-j answer without the loop, so the pair removes the
+      failure, not the steer;
+    * ``reference``: the reference policy's greedy output, if not degenerate; else no pair.
+
+    Counts per attribute: ``prompts`` generated, ``degenerate`` flagged, ``pairs`` made, and per chosen source."""
+    from cmpo.serve.generate import GenerationOptions
+
+    k = len(attributes)
+    one_hot = [[1.0 if i == j else 0.0 for i in range(k)] for j in range(k)]
+    labelled: dict[tuple[int, str], int] = {}  # (j, prompt key) -> row of its e_j pair
+    for j, idx in one_hot_rows(rows["weights"], k).items():
+        for i in idx:
+            labelled.setdefault((j, _key(rows[i]["prompt"])), i)
+    prompts, seen = [], set()
+    for p in list(rows["prompt"]) + list(extra_prompts or []):
+        if _key(p) not in seen:
+            seen.add(_key(p))
+            prompts.append(p)
+    greedy = GenerationOptions(max_new_tokens=max_new_tokens).validate()
+    sampling = GenerationOptions(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
+                                 top_p=0.95, seed=seed).validate()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=k * len(prompts), desc="on-policy negatives", unit="output")
+    flagged: list[tuple[int, object, str, bool]] = []
+    found = NegativeSearch(counts={a: {"prompts": len(prompts), "degenerate": 0, "pairs": 0, "labelled": 0,
+                                       "sampled": 0, "reference": 0} for a in attributes})
+    for j, attr in enumerate(attributes):
+        outs = _generate(steerable, prompts, [one_hot[j]] * len(prompts), greedy, batch_size, bar)
+        for p, (text, finished) in zip(prompts, outs):
+            if is_degenerate(text):
+                found.counts[attr]["degenerate"] += 1
+                if text:  # an empty output has no tokens to push down
+                    flagged.append((j, p, text, finished))
+    if bar is not None:
+        bar.close()
+
+    chosen: dict[tuple[int, str], tuple[str, bool, str]] = {}  # (j, prompt key) -> (text, finished, source)
+    for j, p, _, _ in flagged:
+        i = labelled.get((j, _key(p)))
+        if i is not None:
+            chosen[j, _key(p)] = (rows[i]["chosen"], bool(rows[i].get("chosen_finished", True)), "labelled")
+    todo = [(j, p) for j, p, _, _ in flagged if (j, _key(p)) not in chosen]
+    if todo and samples > 0:
+        outs = _generate(steerable, [p for _, p in todo for _ in range(samples)],
+                         [one_hot[j] for j, _ in todo for _ in range(samples)], sampling, batch_size)
+        for n, (j, p) in enumerate(todo):
+            ok = [o for o in outs[n * samples:(n + 1) * samples] if o[0] and not is_degenerate(o[0])]
+            if ok:
+                chosen[j, _key(p)] = (*ok[0], "sampled")
+    todo = [(j, p) for j, p in todo if (j, _key(p)) not in chosen]
+    if todo:
+        unique = list({_key(p): p for _, p in todo}.values())
+        ref = dict(zip(map(_key, unique), _generate(steerable.reference(), unique, [None] * len(unique), greedy,
+                                                     batch_size)))
+        for j, p in todo:
+            if not is_degenerate(ref[_key(p)][0]):
+                chosen[j, _key(p)] = (*ref[_key(p)], "reference")
+    for j, p, text, finished in flagged:
+        if (j, _key(p)) not in chosen:
+            continue
+        c_text, c_finished, source = chosen[j, _key(p)]
+        found.pairs.append({"prompt": p, "chosen": c_text, "rejected": text, "chosen_finished": c_finished,
+                            "rejected_finished": finished, "weights": one_hot[j]})
+        found.counts[attributes[j]]["pairs"] += 1
+        found.counts[attributes[j]][source] += 1
+    return found
+
+
+def with_replay(negatives: list[dict], rows, replay: float, seed: int) -> list[dict]:
+    """The round's training rows (PAIR_FIELDS): the negatives plus ``round(replay · len(negatives))`` original
+    rows drawn without replacement (capped at all of them)."""
+    if replay < 0:
+        raise ValueError(f"negatives.replay must be >= 0, got {replay}")
+    n = min(len(rows), round(replay * len(negatives)))
+    picked = sorted(random.Random(seed).sample(range(len(rows)), n))
+    originals = [{f: rows[i].get(f, True) for f in PAIR_FIELDS} for i in picked]  # *_finished default True
+    return list(negatives) + originals
+
+
+def read_prompts(path) -> list[list[dict]]:
+    """Unlabelled prompts for the search: a JSONL file whose rows have ``prompt`` — a string (one user turn) or
+    a conversation ending with a user message (the format ``cmpo generate --input`` reads)."""
+    from cmpo.serve.generate import _read_jsonl
+    from cmpo.train.data import _check_prompt
+
+    out = []
+    for row in _read_jsonl(str(path)):
+        p = row["prompt"]
+        p = [{"role": "user", "content": p}] if isinstance(p, str) else p
+        _check_prompt(p, f"{path}: row {row['_line']}")
+        out.append(p)
+    return out
