@@ -12,8 +12,9 @@ that have no list to write. A round of on-policy negatives finds those outputs a
    else the reference policy's greedy output (:func:`find_negatives`);
 3. train on those pairs mixed with ``replay`` × as many original pairs (so the steer is not unlearned).
 
-The loss is the run's preference loss; since π_ref gives a loop a far lower likelihood than the policy does,
-the pair's implicit reward margin is strongly negative and the gradient pushes the loop down under its own λ.
+The loss is the run's preference loss: the policy gives its own greedy loop a higher likelihood than π_ref does
+(it produced it), so the pair's implicit reward margin starts low and the gradient pushes the loop down under
+its own λ while the chosen side keeps the attribute.
 Related: sequence-level unlikelihood on the model's continuations (Welleck et al. 2019) and iterative / online
 DPO, which likewise take rejected responses from the current policy.
 """
@@ -160,7 +161,10 @@ def with_replay(negatives: list[dict], rows, replay: float, seed: int) -> list[d
         raise ValueError(f"negatives.replay must be >= 0, got {replay}")
     n = min(len(rows), round(replay * len(negatives)))
     picked = sorted(random.Random(seed).sample(range(len(rows)), n))
-    originals = [{f: rows[i].get(f, True) for f in PAIR_FIELDS} for i in picked]  # *_finished default True
+    originals = [{f: rows[i][f] if f in rows[i] else True for f in PAIR_FIELDS} for i in picked]
+    for row in originals:  # only the optional *_finished flags may be missing (default: finished)
+        if not all(isinstance(row[f], (str, list)) for f in ("prompt", "chosen", "rejected", "weights")):
+            raise ValueError("negatives: replayed pairs need 'prompt', 'chosen', 'rejected' and 'weights'")
     return list(negatives) + originals
 
 
