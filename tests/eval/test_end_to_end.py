@@ -72,6 +72,30 @@ def test_conditioned_logprobs_match_a_manual_forward(plural_dir, tiny_model_dir)
 
 
 @pytest.mark.integration
+def test_mixed_condition_batches_match_per_condition_batches_and_prefetch_fills_the_cache(plural_dir):
+    from cmpo.eval.metrics import Condition, GenerationCache, generate_conditioned
+    from cmpo.serve.generate import SteerableModel
+
+    sm = SteerableModel.load(plural_dir)
+    conds = [Condition(weights=w) for w in ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.5, 0.5, 0.0))]
+    prompts = [p for _ in conds for p in PROMPTS]
+    per_row = [c for c in conds for _ in PROMPTS]
+    grouped = generate_conditioned(sm, prompts, per_row, max_new_tokens=10, batch_size=4)
+    mixed = generate_conditioned(sm, prompts, per_row, max_new_tokens=10, batch_size=5, mix_conditions=True)
+    assert mixed == grouped and len(set(grouped[0])) > 4  # the conditions really differ
+
+    calls = []
+    orig = sm.generate_rows
+    sm.generate_rows = lambda rows, opts: calls.append(len(rows)) or orig(rows, opts)
+    cache = GenerationCache(max_new_tokens=10, batch_size=6)
+    cache.prefetch(sm, PROMPTS, conds)
+    assert calls == [6, 6]  # 12 rows, conditions sharing batches
+    for c, start in zip(conds, range(0, 12, 4)):
+        assert cache.get(sm, PROMPTS, c)[0] == grouped[0][start:start + 4]
+    assert calls == [6, 6]  # nothing generated again
+    assert [r["condition"] for r in cache.rows()] == [c.describe() for c in conds for _ in PROMPTS]
+
+
 def test_cmpo_eval_end_to_end(plural_dir, prepared_dir, tmp_path):
     from cmpo.cli import main
 

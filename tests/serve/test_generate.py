@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from cmpo.cli import main
 from cmpo.models.steering import SteeringError
@@ -14,7 +13,6 @@ from cmpo.serve.generate import (
     GenerationOptions,
     Row,
     SteerableModel,
-    _make_processors,
     format_acm_attributes,
 )
 
@@ -88,21 +86,6 @@ def test_sampling_is_seeded(plural):
     a = plural.generate(PROMPTS[:2], weights={"humor": 1}, options=opts)
     b = plural.generate(PROMPTS[:2], weights={"humor": 1}, options=opts)
     assert a == b
-
-
-def test_repetition_penalty_only_generated_tokens_and_never_eos():
-    # prompt = [5, 6] (2 columns), generated so far = [7, 2, 7]; EOS = 2.
-    proc = _make_processors(prompt_len=2, penalty=2.0, exempt=[2])[0]
-    ids = torch.tensor([[5, 6, 7, 2, 7]])
-    scores = torch.tensor([[1.0, 1.0, 4.0, 1.0, 1.0, 3.0, -3.0, 6.0, -6.0]])
-    out = proc(ids, scores.clone())
-    expected = scores.clone()
-    expected[0, 7] = 3.0  # generated, positive: divided by the penalty (once, despite appearing twice)
-    torch.testing.assert_close(out, expected)  # prompt tokens 5, 6 and EOS 2 untouched
-    scores[0, 7] = -6.0
-    expected[0, 7] = -12.0  # negative logits are multiplied
-    torch.testing.assert_close(proc(ids, scores.clone()), expected)
-    assert len(_make_processors(2, 1.0, [2])) == 0
 
 
 def test_repetition_penalty_changes_output_and_is_used(plural):

@@ -163,3 +163,13 @@ def runs_last_negatives(tmp_path):
 
     path = tmp_path / "ckpt" / "negatives-1" / "negatives.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("field,value", [("batch_size", 0), ("sample_batch_size", 0), ("max_steps", 0),
+                                         ("replay", -0.5), ("rounds", -1)])
+def test_bad_negatives_settings_fail_before_training(field, value):
+    cfg = RunConfig()
+    cfg.negatives.rounds = 1
+    setattr(cfg.negatives, field, value)
+    with pytest.raises(ValueError, match=field):
+        runs._check_negatives(cfg)

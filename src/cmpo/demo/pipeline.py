@@ -63,6 +63,7 @@ class DemoConfig:
     pareto: list[str] = field(default_factory=lambda: ["conciseness", "enthusiasm"])
     pareto_grid: int = 5
     eval_batch_size: int = 24
+    eval_generation_batch_size: int = 60  # the effect matrix's and Pareto sweep's conditions share batches
     repetition_penalty: float = 1.0  # greedy decoding in evaluation (reference and every condition alike)
     max_eval_pairs: int = 32  # held-out pairs per attribute for conditioned preference accuracy
 
@@ -85,7 +86,8 @@ class DemoConfig:
                                "temperatures", "max_new_tokens", "data", "format"],
                 "feedback": ["attributes"], "prepare": ["pair_off_target_penalty"],
                 "train": ["train_overrides", "unlabelled_prompts"],
-                "evaluate": ["pareto", "pareto_grid", "judge", "max_eval_pairs", "repetition_penalty"], "report": []}
+                "evaluate": ["pareto", "pareto_grid", "judge", "max_eval_pairs", "repetition_penalty",
+                             "eval_generation_batch_size"], "report": []}
         used = [k for s in STAGES[: STAGES.index(upto) + 1] for k in keys[s]]
         return hashlib.sha256(json.dumps({k: d[k] for k in used}, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -114,7 +116,7 @@ def demo_run_config(cfg: DemoConfig, data_dir: Path):
         "train": {"learning_rate": 2e-4, "max_steps": 60, "per_device_train_batch_size": 4,
                   "logging_steps": 2, "save_strategy": "no", "seed": cfg.seed, "weight_decay": 0.01},
         "negatives": {"rounds": 1, "prompts": None if cfg.data else str(data_dir / UNLABELLED_PROMPTS),
-                      "max_new_tokens": 48, "batch_size": 16, "max_steps": 20},
+                      "max_new_tokens": 48, "batch_size": 64, "sample_batch_size": 16, "max_steps": 20},
     }
     del RunConfig
     recipe = apply_overrides(base, cfg.train_overrides)
@@ -355,7 +357,8 @@ def _evaluate(cfg: DemoConfig, model_dir: Path, data_dir: Path, out: Path) -> di
     results = evaluate({"cmpo": em}, metrics, data=str(data_dir), prompts=prompts, scorer=scorer,
                        num_prompts=len(prompts), max_pairs=cfg.max_eval_pairs, seed=cfg.seed,
                        max_new_tokens=cfg.max_new_tokens, repetition_penalty=cfg.repetition_penalty,
-                       batch_size=cfg.eval_batch_size, pareto=cfg.pareto, pareto_grid=cfg.pareto_grid,
+                       batch_size=cfg.eval_batch_size, generation_batch_size=cfg.eval_generation_batch_size,
+                       pareto=cfg.pareto, pareto_grid=cfg.pareto_grid,
                        logs={"cmpo": str(out / "train")} if (out / "train" / "trainer_state.json").exists()
                        else None, perplexity=True, progress=True, generations_path=out / "eval" / "generations.jsonl")
     results["examples"] = _examples(em, prompts[:1], cfg)

@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--repetition-penalty", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--generation-batch-size", type=int, default=None,
+                        help="rows per generation batch (default --batch-size); the effect matrix's and the "
+                        "Pareto sweep's conditions share batches")
     parser.add_argument("--pareto", metavar="A,B", help="two attributes for the λ = (t, 1−t) sweep")
     parser.add_argument("--pareto-grid", type=int, default=5, help="number of t values in [0, 1]")
     parser.add_argument("--logs", nargs="*", default=[], metavar="NAME=DIR",
@@ -127,12 +130,14 @@ def evaluate(models: dict, metrics: Sequence[str], reference=None, data: str | N
              max_rated: int | None = 200, seed: int = 0, max_new_tokens: int = 512, repetition_penalty: float = 1.0,
              batch_size: int = 8, pareto: Sequence[str] | None = None, pareto_grid: int = 5,
              logs: dict | None = None, perplexity: bool = True, progress: bool = True,
-             generations_path: str | Path | None = None) -> dict:
+             generations_path: str | Path | None = None, generation_batch_size: int | None = None) -> dict:
     """Run the requested metrics for ``models`` ({name: EvalModel}) -> the ``results`` dict of report.py.
 
     ``reference``: a SteerableModel (None: plural models use their own π_ref). ``judge``/``scorer``: see
     :mod:`cmpo.eval.judges` / :mod:`cmpo.eval.raters`. ``generations_path``: write every generated response
     (model, condition, prompt, response, finished) there as JSONL, for reading what the numbers rate.
+    ``generation_batch_size``: rows per generation batch (default ``batch_size``); the effect matrix's and
+    Pareto sweep's conditions share batches, so a larger one pays off on CPU.
     """
     from cmpo.eval import judges as J
     from cmpo.eval import metrics as M
@@ -180,7 +185,13 @@ def evaluate(models: dict, metrics: Sequence[str], reference=None, data: str | N
         else:
             prompts = [prompts[i] for i in M.sample_rows(len(prompts), num_prompts, seed)]
         results["settings"]["prompts_used"] = len(prompts)
-        gens = M.GenerationCache(max_new_tokens, batch_size, progress, repetition_penalty=repetition_penalty)
+        gens = M.GenerationCache(max_new_tokens, generation_batch_size or batch_size, progress,
+                                 repetition_penalty=repetition_penalty)
+        if "steerability" in metrics or "pareto" in metrics:
+            for em in models.values():
+                if scorer is not None:
+                    S.prefetch_conditions(em, prompts, scorer, gens, attrs,
+                                          pareto if "pareto" in metrics else None, pareto_grid)
         if "winrate" in metrics:
             if judge is None:
                 raise ValueError("metric 'winrate' needs a judge")
@@ -252,7 +263,8 @@ def run(args) -> int:
             judge=judge, scorer=scorer, num_prompts=args.num_prompts, max_pairs=args.max_pairs,
             max_rated=args.max_rated, seed=args.seed, max_new_tokens=args.max_new_tokens,
             repetition_penalty=args.repetition_penalty, batch_size=args.batch_size, pareto=pareto,
-            pareto_grid=args.pareto_grid, logs=logs, perplexity=not args.no_perplexity)
+            pareto_grid=args.pareto_grid, logs=logs, perplexity=not args.no_perplexity,
+            generation_batch_size=args.generation_batch_size)
         results["settings"]["models"] = model_specs
         paths = write_report(results, out)
     except (ValueError, OSError, KeyError) as e:

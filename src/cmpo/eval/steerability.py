@@ -123,6 +123,24 @@ def _guards(ref_model, prompts, texts, finished, perplexity: bool, batch_size: i
     return g
 
 
+def pareto_weights(grid: int) -> list[tuple[float, float]]:
+    """The sweep λ = (t, 1 − t) for ``grid`` values of t from 1 to 0."""
+    return [(float(t), float(1 - t)) for t in np.linspace(1.0, 0.0, grid)]
+
+
+def prefetch_conditions(em, prompts: Sequence, scorer, generations, attributes: Sequence[str],
+                        pareto: Sequence[str] | None = None, grid: int = 5) -> None:
+    """Generate what :func:`evaluate_steerability` and :func:`evaluate_pareto` will read, for a one-model
+    contestant (plural / ACM), in one pass of batches that mix the conditions (``GenerationCache.prefetch``)."""
+    m = em.models.get(None)
+    if m is None or m.kind not in ("plural", "steerlm"):
+        return
+    conds = [em.for_attribute(a)[1] for a in attributes if em.covers(a) and scorer.supports(a)]
+    if pareto:
+        conds += [em.for_weights(pareto, w)[1] for w in pareto_weights(grid)]
+    generations.prefetch(m, prompts, conds)
+
+
 def evaluate_pareto(em, prompts: Sequence, scorer, generations, pair: Sequence[str], grid: int = 5,
                     reference=None, ref_point: Sequence[float] = (0.0, 0.0)) -> dict:
     """Sweep λ = (t, 1 − t) over ``grid`` values of t in [0, 1] for ``pair = (a, b)``; per-attribute models
@@ -133,8 +151,8 @@ def evaluate_pareto(em, prompts: Sequence, scorer, generations, pair: Sequence[s
             raise ValueError(f"the {getattr(scorer, 'name', 'scorer')} scorer does not rate {x!r}")
     points = []
     if em.kind in ("plural", "steerlm"):
-        for t in np.linspace(1.0, 0.0, grid):
-            model, cond = em.for_weights([a, b], [float(t), float(1 - t)])
+        for t, u in pareto_weights(grid):
+            model, cond = em.for_weights([a, b], [t, u])
             texts, fin = generations.get(model, prompts, cond)
             points.append({"t": float(t), "condition": cond.describe(),
                            "scores": [float(scorer.score(prompts, texts, x, finished=fin).mean()) for x in pair]})

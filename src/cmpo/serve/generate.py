@@ -141,31 +141,6 @@ def _holdback(text: str, stops: Sequence[str]) -> int:
     return n
 
 
-def _make_processors(prompt_len: int, penalty: float, exempt: Sequence[int]):
-    from transformers import LogitsProcessor, LogitsProcessorList
-
-    class GeneratedRepetitionPenalty(LogitsProcessor):
-        """CTRL-style penalty (logit / p if > 0 else logit · p) on tokens already *generated* in the row;
-        prompt tokens and ``exempt`` (EOS) are never penalised."""
-
-        def __call__(self, input_ids, scores):
-            gen = input_ids[:, prompt_len:]
-            if gen.shape[1] == 0:
-                return scores
-            picked = scores.gather(1, gen)
-            penalised = picked.where(picked < 0, picked / penalty)
-            penalised = penalised.where(picked >= 0, picked * penalty)
-            keep = gen.new_zeros(gen.shape, dtype=bool)
-            for t in exempt:
-                keep |= gen == t
-            out = scores.scatter(1, gen, penalised.where(~keep, picked))
-            return out
-
-    if penalty == 1.0:
-        return LogitsProcessorList()
-    return LogitsProcessorList([GeneratedRepetitionPenalty()])
-
-
 def _row_monitor(rows: list[Row], prompt_len: int, tokenizer, eos_ids: set[int], extra_stops: list[str]):
     """A StoppingCriteria that also tracks each row's tokens, cuts at stop strings and streams final text."""
     import torch
@@ -382,6 +357,7 @@ class SteerableModel:
         from transformers import GenerationConfig, StoppingCriteriaList
 
         from cmpo.data.templates import stop_strings
+        from cmpo.serve.processors import make_processors, sampling_in_processors
 
         if not rows:
             return rows
@@ -399,17 +375,21 @@ class SteerableModel:
             max_new_tokens=max(r.max_new_tokens for r in rows), do_sample=options.do_sample,
             pad_token_id=pad, eos_token_id=sorted(eos_ids), bos_token_id=getattr(tok, "bos_token_id", None),
         )
-        if options.do_sample:
-            config.temperature, config.top_p, config.top_k = options.temperature, options.top_p, options.top_k
-        else:
+        if not options.do_sample:
             config.temperature, config.top_p, config.top_k = None, None, None
+        elif sampling_in_processors(True, options.top_p, options.top_k):  # make_processors applies them
+            config.temperature, config.top_p, config.top_k = 1.0, 1.0, 0  # explicit no-ops, not model defaults
+        else:
+            config.temperature, config.top_p, config.top_k = options.temperature, options.top_p, options.top_k
         monitor = _row_monitor(rows, t, tok, eos_ids, stop_strings(self.template))
         with self.lock, torch.no_grad(), self._head_context(rows):
             if options.seed is not None:
                 torch.manual_seed(options.seed)
             self.hf_model.generate(
                 input_ids=ids, attention_mask=mask, generation_config=config,
-                logits_processor=_make_processors(t, float(options.repetition_penalty), sorted(eos_ids)),
+                logits_processor=make_processors(t, float(options.repetition_penalty), sorted(eos_ids),
+                                                 options.do_sample, options.temperature, options.top_p,
+                                                 options.top_k),
                 stopping_criteria=StoppingCriteriaList([monitor]),
             )
         for r in rows:

@@ -114,7 +114,8 @@ class NegativesConfig(_Coerce):
     rounds: int = 0  # 0 = off
     prompts: str | None = None  # JSONL of extra unlabelled prompts (field `prompt`) searched besides the training ones
     max_new_tokens: int = 64  # loops show within a few dozen tokens; longer costs generation time
-    batch_size: int = 16
+    batch_size: int = 16  # greedy search rows per batch (λs mixed; larger is faster on CPU, same outputs)
+    sample_batch_size: int | None = None  # rows per batch sampling chosens (None: batch_size); draws depend on it
     samples: int = 4  # sampled outputs per flagged unlabelled prompt; the first non-degenerate one is the chosen
     temperature: float = 0.8
     replay: float = 1.0  # original pairs mixed into a round, per negative pair

@@ -74,7 +74,7 @@ def _generate(steerable, prompts: list, weights: list, options, batch_size: int,
 
 def find_negatives(steerable, rows, attributes: list[str], extra_prompts: list | None = None,
                    max_new_tokens: int = 64, batch_size: int = 16, samples: int = 4, temperature: float = 0.8,
-                   seed: int = 0, progress: bool = False) -> NegativeSearch:
+                   seed: int = 0, progress: bool = False, sample_batch_size: int | None = None) -> NegativeSearch:
     """Search the policy's greedy outputs under each one-hot λ for degenerate ones and pair them.
 
     ``steerable``: a plural :class:`~cmpo.serve.generate.SteerableModel`; ``rows``: conditioned training pairs
@@ -87,6 +87,8 @@ def find_negatives(steerable, rows, attributes: list[str], extra_prompts: list |
       failure, not the steer;
     * ``reference``: the reference policy's greedy output, if not degenerate; else no pair.
 
+    ``batch_size``: rows per greedy batch (λs mixed); ``sample_batch_size`` (default ``batch_size``): rows per
+    sampling batch — seeded draws depend on how rows are batched, so fixing it keeps the chosens reproducible.
     Counts per attribute: ``prompts`` generated, ``degenerate`` flagged, ``pairs`` made, and per chosen source."""
     from cmpo.serve.generate import GenerationOptions
 
@@ -112,13 +114,15 @@ def find_negatives(steerable, rows, attributes: list[str], extra_prompts: list |
     flagged: list[tuple[int, object, str, bool]] = []
     found = NegativeSearch(counts={a: {"prompts": len(prompts), "degenerate": 0, "pairs": 0, "labelled": 0,
                                        "sampled": 0, "reference": 0} for a in attributes})
-    for j, attr in enumerate(attributes):
-        outs = _generate(steerable, prompts, [one_hot[j]] * len(prompts), greedy, batch_size, bar)
-        for p, (text, finished) in zip(prompts, outs):
-            if is_degenerate(text):
-                found.counts[attr]["degenerate"] += 1
-                if text:  # an empty output has no tokens to push down
-                    flagged.append((j, p, text, finished))
+    # one list over every (attribute, prompt): batches mix λs (per-row mixing gives the same greedy outputs as
+    # one fused λ per batch, and full batches are ~1.5x faster on CPU than one short batch per attribute)
+    jobs = [(j, p) for j in range(k) for p in prompts]
+    outs = _generate(steerable, [p for _, p in jobs], [one_hot[j] for j, _ in jobs], greedy, batch_size, bar)
+    for (j, p), (text, finished) in zip(jobs, outs):
+        if is_degenerate(text):
+            found.counts[attributes[j]]["degenerate"] += 1
+            if text:  # an empty output has no tokens to push down
+                flagged.append((j, p, text, finished))
     if bar is not None:
         bar.close()
 
@@ -130,7 +134,8 @@ def find_negatives(steerable, rows, attributes: list[str], extra_prompts: list |
     todo = [(j, p) for j, p, _, _ in flagged if (j, _key(p)) not in chosen]
     if todo and samples > 0:
         outs = _generate(steerable, [p for _, p in todo for _ in range(samples)],
-                         [one_hot[j] for j, _ in todo for _ in range(samples)], sampling, batch_size)
+                         [one_hot[j] for j, _ in todo for _ in range(samples)], sampling,
+                         sample_batch_size or batch_size)
         for n, (j, p) in enumerate(todo):
             ok = [o for o in outs[n * samples:(n + 1) * samples] if o[0] and not is_degenerate(o[0])]
             if ok:

@@ -411,9 +411,10 @@ def _check_negatives(cfg: RunConfig) -> list:
         raise ValueError(f"negatives.rounds must be >= 0, got {neg.rounds}")
     if not neg.rounds:
         return []
-    if neg.max_steps < 1 or neg.max_new_tokens < 1 or neg.batch_size < 1:
-        raise ValueError("negatives.max_steps, max_new_tokens and batch_size must be >= 1, got "
-                         f"{neg.max_steps}, {neg.max_new_tokens}, {neg.batch_size}")
+    sample_bs = neg.batch_size if neg.sample_batch_size is None else neg.sample_batch_size
+    if min(neg.max_steps, neg.max_new_tokens, neg.batch_size, sample_bs) < 1:
+        raise ValueError("negatives.max_steps, max_new_tokens, batch_size and sample_batch_size must be >= 1, got "
+                         f"{neg.max_steps}, {neg.max_new_tokens}, {neg.batch_size}, {neg.sample_batch_size}")
     if neg.replay < 0:
         raise ValueError(f"negatives.replay must be >= 0, got {neg.replay}")
     return read_prompts(neg.prompts) if neg.prompts else []
@@ -436,7 +437,8 @@ def _negatives_round(cfg: RunConfig, plural, policy, template, raw_train, extra,
     plural.eval()
     steerable = SteerableModel("plural", plural, plural.tokenizer, template, attributes)
     found = find_negatives(steerable, raw_train, attributes, extra, neg.max_new_tokens, neg.batch_size,
-                           neg.samples, neg.temperature, seed=cfg.train.seed + r, progress=True)
+                           neg.samples, neg.temperature, seed=cfg.train.seed + r, progress=True,
+                           sample_batch_size=neg.sample_batch_size)
     plural.train(was_training)
     log.info("negatives round %d: degenerate / generated per attribute: %s", r + 1, found.summary())
     if cfg.model.prefix_cache:
