@@ -361,7 +361,7 @@ def _evaluate(cfg: DemoConfig, model_dir: Path, data_dir: Path, out: Path) -> di
                        pareto=cfg.pareto, pareto_grid=cfg.pareto_grid,
                        logs={"cmpo": str(out / "train")} if (out / "train" / "trainer_state.json").exists()
                        else None, perplexity=True, progress=True, generations_path=out / "eval" / "generations.jsonl")
-    results["examples"] = _examples(em, prompts[:1], cfg)
+    results["examples"] = _examples(em, prompts[0], out / "eval" / "generations.jsonl")
     return results
 
 
@@ -375,17 +375,20 @@ def unique_prompts(ds) -> list[dict]:
     return rows
 
 
-def _examples(em, prompts: list, cfg: DemoConfig) -> list[dict]:
-    """Greedy outputs for one held-out prompt under the reference and each one-hot λ."""
-    from cmpo.serve.generate import GenerationOptions
+def _examples(em, prompt, generations: Path) -> list[dict]:
+    """The reference's and each one-hot λ's greedy output for one held-out prompt, read from the evaluation's
+    generations (the very outputs the effect matrix rated)."""
+    from cmpo.demo.feedback import read_jsonl
+    from cmpo.eval.metrics import single_attribute_condition
 
     model = em.models[None]
-    opts = GenerationOptions(max_new_tokens=cfg.max_new_tokens, repetition_penalty=cfg.repetition_penalty)
-    rows = [{"condition": "reference", "text": model.reference().generate(prompts, options=opts)[0]}]
-    for a in model.attributes:
-        rows.append({"condition": f"{a}=1", "text": model.generate(prompts, weights={a: 1.0}, options=opts)[0]})
-    prompt = prompts[0][-1]["content"] if isinstance(prompts[0], list) else prompts[0]
-    return [{"prompt": prompt, **r} for r in rows]
+    wanted = {"reference": "reference"} | {single_attribute_condition(model, a).describe(): f"{a}=1"
+                                            for a in model.attributes}
+    found = {r["condition"]: r["response"] for r in read_jsonl(generations)
+             if r["prompt"] == prompt and r["condition"] in wanted}
+    text = prompt[-1]["content"] if isinstance(prompt, list) else prompt
+    return [{"prompt": text, "condition": name, "text": found[cond]} for cond, name in wanted.items()
+            if cond in found]
 
 
 def summarize(results: dict, cfg: DemoConfig) -> str:

@@ -14,6 +14,7 @@ Conditioned scores of (prompt, response) rows for any model kind (``conditioned_
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -192,7 +193,8 @@ def conditioned_logprobs(model, prompts: Sequence, responses: Sequence[str],
                          conditions: Condition | Sequence[Condition] = Condition(), reference: bool = False,
                          normalize: bool = False, batch_size: int = 8, max_length: int | None = 1024,
                          progress: bool = False, finished: Sequence[bool] | None = None) -> np.ndarray:
-    """log π(response | prompt, condition) for every row -> float64 [N] (÷ response tokens if ``normalize``).
+    """log π(response | prompt, condition) for every row -> float64 [N] (÷ response tokens if ``normalize``);
+    repeated rows (same prompt, response, condition and ``finished``) are scored once.
 
     ``model``: a :class:`cmpo.serve.generate.SteerableModel`. ``reference=True`` (or ``model.reference()``)
     scores with the plural model's exact π_ref (plural kind only). Responses are tokenized with the model's own
@@ -208,6 +210,19 @@ def conditioned_logprobs(model, prompts: Sequence, responses: Sequence[str],
     conds = [conditions] * n if isinstance(conditions, Condition) else list(conditions)
     if len(conds) != n:
         raise ValueError(f"{n} prompts but {len(conds)} conditions")
+    fin = [True] * n if finished is None else [bool(f) for f in finished]
+    keys = [(json.dumps(p, sort_keys=True, ensure_ascii=False), r, c, f)
+            for p, r, c, f in zip(prompts, responses, conds, fin)]
+    first: dict[tuple, int] = {}
+    for i, key in enumerate(keys):
+        first.setdefault(key, i)
+    if len(first) < n:  # pairs share responses: score each distinct row once
+        uniq = list(first.values())
+        lp = conditioned_logprobs(model, [prompts[i] for i in uniq], [responses[i] for i in uniq],
+                                  [conds[i] for i in uniq], reference, normalize, batch_size, max_length, progress,
+                                  [fin[i] for i in uniq])
+        at = {key: j for j, key in enumerate(first)}
+        return lp[[at[key] for key in keys]]
     kind = getattr(model, "kind", "hf")
     reference = reference or getattr(model, "is_reference", False)
     if reference and kind != "plural":
@@ -229,8 +244,7 @@ def conditioned_logprobs(model, prompts: Sequence, responses: Sequence[str],
         for i in rows:
             c = conds[i]
             attrs = _acm_string(model, c) if kind == "steerlm" else None
-            p, r = template.encode(prompts[i], responses[i], attributes=attrs,
-                                   finished=True if finished is None else bool(finished[i]))
+            p, r = template.encode(prompts[i], responses[i], attributes=attrs, finished=fin[i])
             p_ids.append(p)
             r_ids.append(r)
         batch = collate_sequences(p_ids, r_ids, pad_id=pad, max_length=max_length)
@@ -323,7 +337,6 @@ class EvalModel:
     def load(cls, name: str, spec: str, dtype="float32", device=None) -> EvalModel:
         """``spec``: a model dir / short name, or comma-separated per-attribute DPO dirs (each with
         ``cmpo_model.json`` naming its ``attribute``)."""
-        import json
         from pathlib import Path
 
         from cmpo.serve.generate import SteerableModel
@@ -410,27 +423,41 @@ def evaluate_preference_accuracy(em: EvalModel, pairs, attributes: Sequence[str]
 
     ``pairs``: a dataset/list of rows with ``prompt``, ``chosen``, ``rejected``, ``attribute``.
     """
-    out = {}
     by_attr: dict[str, list[int]] = {}
     for i, a in enumerate(pairs["attribute"] if hasattr(pairs, "column_names") else [r["attribute"] for r in pairs]):
         by_attr.setdefault(a, []).append(i)
+    # every attribute's rows [chosen..., rejected...] scored in one call per model (and per reference), so
+    # responses shared between pairs and attributes are scored once
+    jobs = []  # (attr, model, cond, rows, first row in its model's call)
+    calls: dict[int, dict] = {}  # id(model) -> {"model", "prompts", "responses", "conds", "finished"}
     for attr in attributes:
         if not em.covers(attr) or attr not in by_attr:
             continue
-        idx = [by_attr[attr][j] for j in sample_rows(len(by_attr[attr]), max_pairs, seed)]
-        rows = [pairs[i] for i in idx]
-        prompts = [r["prompt"] for r in rows] * 2
-        responses = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
-        finished = [r.get("chosen_finished", True) for r in rows] + [r.get("rejected_finished", True) for r in rows]
+        rows = [pairs[by_attr[attr][j]] for j in sample_rows(len(by_attr[attr]), max_pairs, seed)]
         model, cond = em.for_attribute(attr)
-        lp = conditioned_logprobs(model, prompts, responses, cond, batch_size=batch_size, progress=progress,
-                                  finished=finished)
-        n = len(rows)
-        res = {"condition": cond.describe(), "policy": preference_accuracy(lp[:n], lp[n:])}
-        ref = resolve_reference(model, reference) if (reference is not None or model.kind == "plural") else None
+        c = calls.setdefault(id(model), {"model": model, "prompts": [], "responses": [], "conds": [],
+                                          "finished": []})
+        jobs.append((attr, model, cond, len(rows), len(c["prompts"])))
+        c["prompts"] += [r["prompt"] for r in rows] * 2
+        c["responses"] += [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
+        c["conds"] += [cond] * (2 * len(rows))
+        c["finished"] += ([r.get("chosen_finished", True) for r in rows]
+                          + [r.get("rejected_finished", True) for r in rows])
+    scores, ref_scores = {}, {}
+    for key, c in calls.items():
+        scores[key] = conditioned_logprobs(c["model"], c["prompts"], c["responses"], c["conds"],
+                                           batch_size=batch_size, progress=progress, finished=c["finished"])
+        ref = (resolve_reference(c["model"], reference) if (reference is not None or c["model"].kind == "plural")
+               else None)
         if ref is not None:
-            rlp = conditioned_logprobs(ref, prompts, responses, Condition(), batch_size=batch_size,
-                                       finished=finished)
+            ref_scores[key] = conditioned_logprobs(ref, c["prompts"], c["responses"], Condition(),
+                                                   batch_size=batch_size, finished=c["finished"])
+    out = {}
+    for attr, model, cond, n, at in jobs:
+        lp = scores[id(model)][at:at + 2 * n]
+        res = {"condition": cond.describe(), "policy": preference_accuracy(lp[:n], lp[n:])}
+        if id(model) in ref_scores:
+            rlp = ref_scores[id(model)][at:at + 2 * n]
             res["implicit_reward"] = implicit_reward_accuracy(lp[:n], lp[n:], rlp[:n], rlp[n:])
         out[attr] = res
     return out
@@ -444,8 +471,6 @@ def evaluate_rank_correlation(em: EvalModel, rated, attributes: Sequence[str], n
 
     ``rated``: rows with ``prompt``, ``response`` and ``ratings`` (a dict or a JSON string {attribute: rating}).
     """
-    import json
-
     idx = sample_rows(len(rated), max_rows, seed)
     rows = [rated[i] for i in idx]
     ratings = []
