@@ -71,7 +71,43 @@ def test_conditioned_logprobs_match_a_manual_forward(plural_dir, tiny_model_dir)
     assert np.allclose(norm * n_tok, ref, atol=1e-4)
 
 
-@pytest.mark.integration
+def test_repeated_rows_are_scored_once_and_accuracy_matches_per_attribute_scoring(plural_dir, monkeypatch):
+    from cmpo.eval import metrics as M
+    from cmpo.serve.generate import SteerableModel
+    from cmpo.train import logprobs
+
+    sm = SteerableModel.load(plural_dir)
+    conv = [{"role": "user", "content": "Say hi!"}]
+    a, b = M.Condition(weights=(1.0, 0.0, 0.0)), M.Condition(weights=(0.0, 1.0, 0.0))
+    rows = [("Hi!", a, True), ("Hello.", a, True), ("Hi!", a, True), ("Hi!", b, True), ("Hi!", a, False)]
+    scored = []
+    real = logprobs.sequence_logprobs
+    monkeypatch.setattr(logprobs, "sequence_logprobs", lambda *x, **k: scored.append(len(x[1])) or real(*x, **k))
+    got = M.conditioned_logprobs(sm, [conv] * 5, [r for r, _, _ in rows], [c for _, c, _ in rows], batch_size=2,
+                                 finished=[f for _, _, f in rows])
+    assert sum(scored) == 4  # row 2 repeats row 0; λ and the end-of-turn token make the others distinct
+    one = [M.conditioned_logprobs(sm, [conv], [r], c, finished=[f])[0] for r, c, f in rows]
+    assert np.allclose(got, one, atol=1e-5) and got[0] == got[2] and got[0] != got[3] and got[0] != got[4]
+
+    # accuracy over several attributes (one scoring call per model) = scoring each attribute on its own
+    pairs = [{"prompt": [{"role": "user", "content": p}], "chosen": c, "rejected": r, "attribute": attr}
+             for p in PROMPTS for attr, c, r in [("conciseness", "Fine.", "A long story about it."),
+                                                 ("enthusiasm", "Wow! Great!", "Fine."),
+                                                 ("structure", "- a\n- b", "Fine.")]]
+    em = M.EvalModel("cmpo", {None: sm})
+    acc = M.evaluate_preference_accuracy(em, pairs, ATTRS, max_pairs=None)
+    for attr in ATTRS:
+        rows_a = [p for p in pairs if p["attribute"] == attr]
+        _, cond = em.for_attribute(attr)
+        pol = M.conditioned_logprobs(sm, [p["prompt"] for p in rows_a] * 2,
+                                     [p["chosen"] for p in rows_a] + [p["rejected"] for p in rows_a], cond)
+        ref = M.conditioned_logprobs(sm.reference(), [p["prompt"] for p in rows_a] * 2,
+                                     [p["chosen"] for p in rows_a] + [p["rejected"] for p in rows_a])
+        n = len(rows_a)
+        assert acc[attr]["policy"] == M.preference_accuracy(pol[:n], pol[n:])
+        assert acc[attr]["implicit_reward"] == M.implicit_reward_accuracy(pol[:n], pol[n:], ref[:n], ref[n:])
+
+
 def test_mixed_condition_batches_match_per_condition_batches_and_prefetch_fills_the_cache(plural_dir):
     from cmpo.eval.metrics import Condition, GenerationCache, generate_conditioned
     from cmpo.serve.generate import SteerableModel
@@ -96,6 +132,7 @@ def test_mixed_condition_batches_match_per_condition_batches_and_prefetch_fills_
     assert [r["condition"] for r in cache.rows()] == [c.describe() for c in conds for _ in PROMPTS]
 
 
+@pytest.mark.integration
 def test_cmpo_eval_end_to_end(plural_dir, prepared_dir, tmp_path):
     from cmpo.cli import main
 

@@ -80,8 +80,10 @@ def test_find_negatives_pairs_each_degenerate_output_with_the_right_chosen():
     found = find_negatives(_Scripted(greedy, sampled, ref), rows, ["conciseness", "structure"],
                            [conv("c"), conv("a"), conv("d")], samples=3)
     assert found.counts == {
-        "conciseness": {"prompts": 4, "degenerate": 1, "pairs": 0, "labelled": 0, "sampled": 0, "reference": 0},
-        "structure": {"prompts": 4, "degenerate": 4, "pairs": 3, "labelled": 1, "sampled": 1, "reference": 1}}
+        "conciseness": {"prompts": 4, "degenerate": 1, "pairs": 0, "labelled": 0, "sampled": 0, "reference": 0,
+                        "rejected_samples": 0},
+        "structure": {"prompts": 4, "degenerate": 4, "pairs": 3, "labelled": 1, "sampled": 1, "reference": 1,
+                      "rejected_samples": 0}}
 
     def pair(p, chosen, chosen_finished):
         return {"prompt": conv(p), "chosen": chosen, "rejected": loop[0], "chosen_finished": chosen_finished,
@@ -90,6 +92,20 @@ def test_find_negatives_pairs_each_degenerate_output_with_the_right_chosen():
     assert found.pairs == [pair("a", "1. x\n2. y", True), pair("b", "1. Tea\n2. Milk", False),
                            pair("d", "The reference answers d plainly.", True)]
     assert "structure 4/4 → 3 pairs (chosen: labelled 1, sampled 1, reference 1)" in found.summary()
+
+    # reject_samples: b's degenerate samples other than its greedy output also become rejected (bad's "2 2 2 2"
+    # twice counts once); d's chosen is the reference's, and its degenerate samples are rejected too
+    sampled = {("b", s): [loop, ("1. Tea\n2. Milk", "length"), bad], ("c", s): [bad, bad, bad],
+               ("d", s): [bad, bad, loop]}
+    found = find_negatives(_Scripted(greedy, sampled, ref), rows, ["conciseness", "structure"],
+                           [conv("c"), conv("a"), conv("d")], samples=3, reject_samples=True)
+    assert found.counts["structure"] == {"prompts": 4, "degenerate": 4, "pairs": 5, "labelled": 1, "sampled": 1,
+                                         "reference": 1, "rejected_samples": 2}
+    extra = [(p["prompt"][0]["content"], p["chosen"], p["rejected"]) for p in found.pairs[1:]]
+    assert extra == [("b", "1. Tea\n2. Milk", loop[0]), ("b", "1. Tea\n2. Milk", "2 2 2 2"),
+                     ("d", "The reference answers d plainly.", loop[0]),
+                     ("d", "The reference answers d plainly.", "2 2 2 2")]
+    assert "; 2 rejected samples)" in found.summary()
 
 
 def test_read_prompts_accepts_strings_and_conversations_and_names_bad_lines(tmp_path):

@@ -118,6 +118,7 @@ class NegativesConfig(_Coerce):
     sample_batch_size: int | None = None  # rows per batch sampling chosens (None: batch_size); draws depend on it
     samples: int = 4  # sampled outputs per flagged unlabelled prompt; the first non-degenerate one is the chosen
     temperature: float = 0.8
+    reject_samples: bool = False  # degenerate sampled outputs become rejected responses too (same chosen)
     replay: float = 1.0  # original pairs mixed into a round, per negative pair
     max_steps: int = 20  # optimizer steps per round (a fresh AdamW state each round)
     learning_rate: float | None = None  # None: train.learning_rate

@@ -39,7 +39,8 @@ class NegativeSearch:
 
     def summary(self) -> str:
         return "; ".join(f"{a} {c['degenerate']}/{c['prompts']} → {c['pairs']} pairs (chosen: labelled "
-                         f"{c.get('labelled', 0)}, sampled {c.get('sampled', 0)}, reference {c.get('reference', 0)})"
+                         f"{c.get('labelled', 0)}, sampled {c.get('sampled', 0)}, reference {c.get('reference', 0)}"
+                         + (f"; {c['rejected_samples']} rejected samples" if c.get("rejected_samples") else "") + ")"
                          for a, c in self.counts.items())
 
 
@@ -74,7 +75,8 @@ def _generate(steerable, prompts: list, weights: list, options, batch_size: int,
 
 def find_negatives(steerable, rows, attributes: list[str], extra_prompts: list | None = None,
                    max_new_tokens: int = 64, batch_size: int = 16, samples: int = 4, temperature: float = 0.8,
-                   seed: int = 0, progress: bool = False, sample_batch_size: int | None = None) -> NegativeSearch:
+                   seed: int = 0, progress: bool = False, sample_batch_size: int | None = None,
+                   reject_samples: bool = False) -> NegativeSearch:
     """Search the policy's greedy outputs under each one-hot λ for degenerate ones and pair them.
 
     ``steerable``: a plural :class:`~cmpo.serve.generate.SteerableModel`; ``rows``: conditioned training pairs
@@ -87,9 +89,13 @@ def find_negatives(steerable, rows, attributes: list[str], extra_prompts: list |
       failure, not the steer;
     * ``reference``: the reference policy's greedy output, if not degenerate; else no pair.
 
+    ``reject_samples``: the degenerate ones among those sampled outputs (distinct from the greedy one) become
+    rejected responses too, against the same chosen — more of the policy's own failures per pair budget.
+
     ``batch_size``: rows per greedy batch (λs mixed); ``sample_batch_size`` (default ``batch_size``): rows per
     sampling batch — seeded draws depend on how rows are batched, so fixing it keeps the chosens reproducible.
-    Counts per attribute: ``prompts`` generated, ``degenerate`` flagged, ``pairs`` made, and per chosen source."""
+    Counts per attribute: ``prompts`` generated, ``degenerate`` flagged, ``pairs`` made, per chosen source, and
+    ``rejected_samples`` (pairs whose rejected side is a sampled output)."""
     from cmpo.serve.generate import GenerationOptions
 
     k = len(attributes)
@@ -113,7 +119,7 @@ def find_negatives(steerable, rows, attributes: list[str], extra_prompts: list |
         bar = tqdm(total=k * len(prompts), desc="on-policy negatives", unit="output")
     flagged: list[tuple[int, object, str, bool]] = []
     found = NegativeSearch(counts={a: {"prompts": len(prompts), "degenerate": 0, "pairs": 0, "labelled": 0,
-                                       "sampled": 0, "reference": 0} for a in attributes})
+                                       "sampled": 0, "reference": 0, "rejected_samples": 0} for a in attributes})
     # one list over every (attribute, prompt): batches mix λs (per-row mixing gives the same greedy outputs as
     # one fused λ per batch, and full batches are ~1.5x faster on CPU than one short batch per attribute)
     jobs = [(j, p) for j in range(k) for p in prompts]
@@ -132,14 +138,19 @@ def find_negatives(steerable, rows, attributes: list[str], extra_prompts: list |
         if i is not None:
             chosen[j, _key(p)] = (rows[i]["chosen"], bool(rows[i].get("chosen_finished", True)), "labelled")
     todo = [(j, p) for j, p, _, _ in flagged if (j, _key(p)) not in chosen]
+    more_rejected: dict[tuple[int, str], list[tuple[str, bool]]] = {}
     if todo and samples > 0:
         outs = _generate(steerable, [p for _, p in todo for _ in range(samples)],
                          [one_hot[j] for j, _ in todo for _ in range(samples)], sampling,
                          sample_batch_size or batch_size)
         for n, (j, p) in enumerate(todo):
-            ok = [o for o in outs[n * samples:(n + 1) * samples] if o[0] and not is_degenerate(o[0])]
+            drawn = outs[n * samples:(n + 1) * samples]
+            ok = [o for o in drawn if o[0] and not is_degenerate(o[0])]
             if ok:
                 chosen[j, _key(p)] = (*ok[0], "sampled")
+            if reject_samples:
+                bad = {o[0]: o for o in drawn if o[0] and is_degenerate(o[0])}  # distinct texts, first kept
+                more_rejected[j, _key(p)] = list(bad.values())
     todo = [(j, p) for j, p in todo if (j, _key(p)) not in chosen]
     if todo:
         unique = list({_key(p): p for _, p in todo}.values())
@@ -152,10 +163,14 @@ def find_negatives(steerable, rows, attributes: list[str], extra_prompts: list |
         if (j, _key(p)) not in chosen:
             continue
         c_text, c_finished, source = chosen[j, _key(p)]
-        found.pairs.append({"prompt": p, "chosen": c_text, "rejected": text, "chosen_finished": c_finished,
-                            "rejected_finished": finished, "weights": one_hot[j]})
-        found.counts[attributes[j]]["pairs"] += 1
-        found.counts[attributes[j]][source] += 1
+        rejected = [(text, finished)] + [o for o in more_rejected.get((j, _key(p)), []) if o[0] != text]
+        for r_text, r_finished in rejected:
+            found.pairs.append({"prompt": p, "chosen": c_text, "rejected": r_text, "chosen_finished": c_finished,
+                                "rejected_finished": r_finished, "weights": one_hot[j]})
+        c = found.counts[attributes[j]]
+        c["pairs"] += len(rejected)
+        c[source] += 1
+        c["rejected_samples"] += len(rejected) - 1
     return found
 
 

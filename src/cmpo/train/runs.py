@@ -438,7 +438,7 @@ def _negatives_round(cfg: RunConfig, plural, policy, template, raw_train, extra,
     steerable = SteerableModel("plural", plural, plural.tokenizer, template, attributes)
     found = find_negatives(steerable, raw_train, attributes, extra, neg.max_new_tokens, neg.batch_size,
                            neg.samples, neg.temperature, seed=cfg.train.seed + r, progress=True,
-                           sample_batch_size=neg.sample_batch_size)
+                           sample_batch_size=neg.sample_batch_size, reject_samples=neg.reject_samples)
     plural.train(was_training)
     log.info("negatives round %d: degenerate / generated per attribute: %s", r + 1, found.summary())
     if cfg.model.prefix_cache:
