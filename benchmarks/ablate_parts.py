@@ -47,7 +47,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from cmpo.eval.metrics import Condition, generate_conditioned
+    from cmpo.eval.generation import generate_conditioned
+    from cmpo.eval.metrics import Condition
     from cmpo.eval.raters import RuleScorer
     from cmpo.eval.steerability import is_degenerate
     from cmpo.models.ablation import ablated

@@ -109,7 +109,8 @@ def test_repeated_rows_are_scored_once_and_accuracy_matches_per_attribute_scorin
 
 
 def test_mixed_condition_batches_match_per_condition_batches_and_prefetch_fills_the_cache(plural_dir):
-    from cmpo.eval.metrics import Condition, GenerationCache, generate_conditioned
+    from cmpo.eval.generation import GenerationCache, generate_conditioned
+    from cmpo.eval.metrics import Condition
     from cmpo.serve.generate import SteerableModel
 
     sm = SteerableModel.load(plural_dir)

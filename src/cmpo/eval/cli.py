@@ -143,6 +143,7 @@ def evaluate(models: dict, metrics: Sequence[str], reference=None, data: str | N
     from cmpo.eval import metrics as M
     from cmpo.eval import plots
     from cmpo.eval import steerability as S
+    from cmpo.eval.generation import GenerationCache
 
     bad = [m for m in metrics if m not in METRICS]
     if bad:
@@ -185,7 +186,7 @@ def evaluate(models: dict, metrics: Sequence[str], reference=None, data: str | N
         else:
             prompts = [prompts[i] for i in M.sample_rows(len(prompts), num_prompts, seed)]
         results["settings"]["prompts_used"] = len(prompts)
-        gens = M.GenerationCache(max_new_tokens, generation_batch_size or batch_size, progress,
+        gens = GenerationCache(max_new_tokens, generation_batch_size or batch_size, progress,
                                  repetition_penalty=repetition_penalty)
         if "steerability" in metrics or "pareto" in metrics:
             for em in models.values():
