@@ -131,7 +131,8 @@ def pareto_weights(grid: int) -> list[tuple[float, float]]:
 def prefetch_conditions(em, prompts: Sequence, scorer, generations, attributes: Sequence[str],
                         pareto: Sequence[str] | None = None, grid: int = 5) -> None:
     """Generate what :func:`evaluate_steerability` and :func:`evaluate_pareto` will read, for a one-model
-    contestant (plural / ACM), in one pass of batches that mix the conditions (:meth:`cmpo.eval.generation.GenerationCache.prefetch`)."""
+    contestant (plural / ACM), in one pass of batches that mix the conditions
+    (:meth:`cmpo.eval.generation.GenerationCache.prefetch`)."""
     m = em.models.get(None)
     if m is None or m.kind not in ("plural", "steerlm"):
         return
