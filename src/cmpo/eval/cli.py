@@ -188,11 +188,10 @@ def evaluate(models: dict, metrics: Sequence[str], reference=None, data: str | N
         results["settings"]["prompts_used"] = len(prompts)
         gens = GenerationCache(max_new_tokens, generation_batch_size or batch_size, progress,
                                  repetition_penalty=repetition_penalty)
-        if "steerability" in metrics or "pareto" in metrics:
+        if scorer is not None and ("steerability" in metrics or "pareto" in metrics):
             for em in models.values():
-                if scorer is not None:
-                    S.prefetch_conditions(em, prompts, scorer, gens, attrs,
-                                          pareto if "pareto" in metrics else None, pareto_grid)
+                S.prefetch_conditions(em, prompts, scorer, gens, attrs, pareto if "pareto" in metrics else None,
+                                      pareto_grid)
         if "winrate" in metrics:
             if judge is None:
                 raise ValueError("metric 'winrate' needs a judge")

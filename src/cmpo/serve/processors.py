@@ -72,9 +72,9 @@ def make_processors(prompt_len: int, repetition_penalty: float, exempt: Sequence
                     temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0) -> LogitsProcessorList:
     """Processors ``generate_rows`` passes to ``generate``, in transformers' order (penalty, temperature, top-p).
 
-    With sampling, top-p and no top-k, temperature and the nucleus are applied here, so the caller must leave
-    ``temperature`` and ``top_p`` unset in the GenerationConfig (:func:`sampling_in_processors` says when);
-    otherwise transformers applies its own warpers after these."""
+    With sampling, top-p and no top-k, temperature and the nucleus are applied here, so the caller must set
+    the GenerationConfig's ``temperature``/``top_p``/``top_k`` to no-ops (:func:`sampling_in_processors` says
+    when); otherwise transformers applies its own warpers after these."""
     out = LogitsProcessorList()
     if repetition_penalty != 1.0:
         out.append(GeneratedRepetitionPenalty(prompt_len, repetition_penalty, exempt))
