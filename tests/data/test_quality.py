@@ -1,8 +1,8 @@
-"""is_degenerate: the text check behind the degenerate guard and the on-policy negatives."""
+"""is_degenerate and prose_score: the text checks behind the degenerate guard and the on-policy negatives."""
 
 import pytest
 
-from cmpo.data.quality import is_degenerate
+from cmpo.data.quality import is_degenerate, prose_score
 
 
 @pytest.mark.parametrize("text, bad", [
@@ -19,3 +19,16 @@ from cmpo.data.quality import is_degenerate
 ])
 def test_degenerate_output_guard(text, bad):
     assert is_degenerate(text) is bad
+
+
+@pytest.mark.parametrize("text, score", [
+    ("Gravity pulls masses together.", 26 / 27),  # 26 letters of 27 non-space characters; 2 distinct bigrams
+    ("1. Tea\n2. Milk\n- Sugar", 1.0),  # list markers are formatting: a clean list scores like prose
+    ("**Bold** tea", 1.0),  # markdown emphasis too
+    ("1. 1.1.1: Use a wet cloth", 12 / 18),  # a near-loop the guard lets through: "1.1.1:" is 6 of 18 characters
+    ("a b a b a b", 2 / 5),  # 2 distinct of 5 word bigrams, all letters
+    ("", 0.0),
+    ("1.\n2.", 0.0),  # nothing left once the (marker-less) digits are kept: "1." and "2." are not markers
+])
+def test_prose_score_by_hand(text, score):
+    assert prose_score(text) == pytest.approx(score)

@@ -108,6 +108,25 @@ def test_find_negatives_pairs_each_degenerate_output_with_the_right_chosen():
     assert "; 2 rejected samples)" in found.summary()
 
 
+def test_find_negatives_cleanest_picks_the_most_prose_like_sample():
+    from datasets import Dataset
+
+    rows = Dataset.from_list([{"prompt": [{"role": "user", "content": "b"}], "chosen": "Short.", "rejected": "x",
+                               "weights": [1.0, 0.0]}])
+    loop = ("1.1.1.1.1.1.1.1.1.1", "length")
+    near = ("1. 1.1.1: Use a wet cloth", "length")  # passes the degenerate guard; prose_score 2/3
+    draws = [loop, near, ("1. Wipe the keys\n2. Dry them", "stop"), ("- Use a cloth", "stop")]  # last two tie: 1.0
+    greedy = {("b", (0.0, 1.0)): loop}
+    first = find_negatives(_Scripted(greedy, {("b", (0.0, 1.0)): list(draws)}), rows, ["c", "s"], samples=4)
+    clean = find_negatives(_Scripted(greedy, {("b", (0.0, 1.0)): list(draws)}), rows, ["c", "s"], samples=4,
+                           chosen_select="cleanest")
+    assert [p["chosen"] for p in first.pairs] == [near[0]]
+    assert [(p["chosen"], p["chosen_finished"]) for p in clean.pairs] == [("1. Wipe the keys\n2. Dry them", True)]
+    assert clean.counts["s"]["sampled"] == 1
+    with pytest.raises(ValueError, match="chosen_select must be one of"):
+        find_negatives(_Scripted(greedy), rows, ["c", "s"], chosen_select="best")
+
+
 def test_read_prompts_accepts_strings_and_conversations_and_names_bad_lines(tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_text('{"prompt": "hi"}\n\n{"prompt": [{"role": "user", "content": "yo"}]}\n')
@@ -182,7 +201,7 @@ def runs_last_negatives(tmp_path):
 
 
 @pytest.mark.parametrize("field,value", [("batch_size", 0), ("sample_batch_size", 0), ("max_steps", 0),
-                                         ("replay", -0.5), ("rounds", -1)])
+                                         ("replay", -0.5), ("rounds", -1), ("chosen_select", "best")])
 def test_bad_negatives_settings_fail_before_training(field, value):
     cfg = RunConfig()
     cfg.negatives.rounds = 1

@@ -116,7 +116,8 @@ class NegativesConfig(_Coerce):
     max_new_tokens: int = 64  # loops show within a few dozen tokens; longer costs generation time
     batch_size: int = 16  # greedy search rows per batch (λs mixed; larger is faster on CPU, same outputs)
     sample_batch_size: int | None = None  # rows per batch sampling chosens (None: batch_size); draws depend on it
-    samples: int = 4  # sampled outputs per flagged unlabelled prompt; the first non-degenerate one is the chosen
+    samples: int = 4  # sampled outputs per flagged unlabelled prompt; a non-degenerate one is the chosen
+    chosen_select: str = "first"  # which one: "first", or "cleanest" (highest data.quality.prose_score)
     temperature: float = 0.8
     reject_samples: bool = False  # degenerate sampled outputs become rejected responses too (same chosen)
     replay: float = 1.0  # original pairs mixed into a round, per negative pair

@@ -25,9 +25,10 @@ import json
 import random
 from dataclasses import dataclass, field
 
-from cmpo.data.quality import is_degenerate
+from cmpo.data.quality import is_degenerate, prose_score
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected", "chosen_finished", "rejected_finished", "weights")
+CHOSEN_SELECT = ("first", "cleanest")  # how a sampled chosen is picked among the non-degenerate draws
 
 
 @dataclass
@@ -76,7 +77,7 @@ def _generate(steerable, prompts: list, weights: list, options, batch_size: int,
 def find_negatives(steerable, rows, attributes: list[str], extra_prompts: list | None = None,
                    max_new_tokens: int = 64, batch_size: int = 16, samples: int = 4, temperature: float = 0.8,
                    seed: int = 0, progress: bool = False, sample_batch_size: int | None = None,
-                   reject_samples: bool = False) -> NegativeSearch:
+                   reject_samples: bool = False, chosen_select: str = "first") -> NegativeSearch:
     """Search the policy's greedy outputs under each one-hot λ for degenerate ones and pair them.
 
     ``steerable``: a plural :class:`~cmpo.serve.generate.SteerableModel`; ``rows``: conditioned training pairs
@@ -84,9 +85,11 @@ def find_negatives(steerable, rows, attributes: list[str], extra_prompts: list |
     The chosen response of a pair rejecting ŷ (prompt x, λ = e_j), first that exists:
 
     * ``labelled``: the chosen response of x's e_j training pair;
-    * ``sampled``: the first of ``samples`` sampled outputs of the policy under e_j (``temperature``, top-p 0.95)
-      that is not degenerate — the model's own attribute-j answer without the loop, so the pair removes the
-      failure, not the steer;
+    * ``sampled``: one of ``samples`` sampled outputs of the policy under e_j (``temperature``, top-p 0.95) that
+      is not degenerate — the model's own attribute-j answer without the loop, so the pair removes the failure,
+      not the steer. ``chosen_select``: ``"first"`` such output, or ``"cleanest"``: the one with the highest
+      :func:`~cmpo.data.quality.prose_score` (first on ties), so a near-loop that passes the guard, such as
+      ``1. 1.1.1: Use a wet cloth…``, is not taught as the chosen answer;
     * ``reference``: the reference policy's greedy output, if not degenerate; else no pair.
 
     ``reject_samples``: the degenerate ones among those sampled outputs (distinct from the greedy one) become
@@ -98,6 +101,8 @@ def find_negatives(steerable, rows, attributes: list[str], extra_prompts: list |
     ``rejected_samples`` (pairs whose rejected side is a sampled output)."""
     from cmpo.serve.generate import GenerationOptions
 
+    if chosen_select not in CHOSEN_SELECT:
+        raise ValueError(f"negatives.chosen_select must be one of {CHOSEN_SELECT}, got {chosen_select!r}")
     k = len(attributes)
     one_hot = [[1.0 if i == j else 0.0 for i in range(k)] for j in range(k)]
     labelled: dict[tuple[int, str], int] = {}  # (j, prompt key) -> row of its e_j pair
@@ -147,7 +152,8 @@ def find_negatives(steerable, rows, attributes: list[str], extra_prompts: list |
             drawn = outs[n * samples:(n + 1) * samples]
             ok = [o for o in drawn if o[0] and not is_degenerate(o[0])]
             if ok:
-                chosen[j, _key(p)] = (*ok[0], "sampled")
+                best = max(ok, key=lambda o: prose_score(o[0])) if chosen_select == "cleanest" else ok[0]
+                chosen[j, _key(p)] = (*best, "sampled")
             if reject_samples:
                 bad = {o[0]: o for o in drawn if o[0] and is_degenerate(o[0])}  # distinct texts, first kept
                 more_rejected[j, _key(p)] = list(bad.values())

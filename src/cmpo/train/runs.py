@@ -404,7 +404,7 @@ def run_cmpo(cfg: RunConfig, data: str | Path, out: str | Path, resume=None, cal
 
 def _check_negatives(cfg: RunConfig) -> list:
     """Validate ``negatives`` before any training; -> the extra prompts it names."""
-    from cmpo.train.negatives import read_prompts
+    from cmpo.train.negatives import CHOSEN_SELECT, read_prompts
 
     neg = cfg.negatives
     if neg.rounds < 0:
@@ -417,6 +417,8 @@ def _check_negatives(cfg: RunConfig) -> list:
                          f"{neg.max_steps}, {neg.max_new_tokens}, {neg.batch_size}, {neg.sample_batch_size}")
     if neg.replay < 0:
         raise ValueError(f"negatives.replay must be >= 0, got {neg.replay}")
+    if neg.chosen_select not in CHOSEN_SELECT:
+        raise ValueError(f"negatives.chosen_select must be one of {CHOSEN_SELECT}, got {neg.chosen_select!r}")
     return read_prompts(neg.prompts) if neg.prompts else []
 
 
@@ -438,7 +440,8 @@ def _negatives_round(cfg: RunConfig, plural, policy, template, raw_train, extra,
     steerable = SteerableModel("plural", plural, plural.tokenizer, template, attributes)
     found = find_negatives(steerable, raw_train, attributes, extra, neg.max_new_tokens, neg.batch_size,
                            neg.samples, neg.temperature, seed=cfg.train.seed + r, progress=True,
-                           sample_batch_size=neg.sample_batch_size, reject_samples=neg.reject_samples)
+                           sample_batch_size=neg.sample_batch_size, reject_samples=neg.reject_samples,
+                           chosen_select=neg.chosen_select)
     plural.train(was_training)
     log.info("negatives round %d: degenerate / generated per attribute: %s", r + 1, found.summary())
     if cfg.model.prefix_cache:
