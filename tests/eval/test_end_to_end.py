@@ -133,6 +133,28 @@ def test_mixed_condition_batches_match_per_condition_batches_and_prefetch_fills_
     assert [r["condition"] for r in cache.rows()] == [c.describe() for c in conds for _ in PROMPTS]
 
 
+def test_pareto_sweep_on_a_prefix_generates_its_mixed_conditions_only_there(plural_dir):
+    from cmpo.eval import steerability as S
+    from cmpo.eval.generation import GenerationCache
+    from cmpo.eval.metrics import EvalModel
+    from cmpo.eval.raters import RuleScorer
+
+    em, scorer, pair = EvalModel.load("cmpo", plural_dir), RuleScorer(), ["conciseness", "enthusiasm"]
+    sm = em.models[None]
+    calls = []
+    orig = sm.generate_rows
+    sm.generate_rows = lambda rows, opts: calls.append(len(rows)) or orig(rows, opts)
+    gens = GenerationCache(max_new_tokens=10, batch_size=32)
+    S.prefetch_conditions(em, PROMPTS, scorer, gens, ATTRS, pair, grid=3, pareto_prompts=2)
+    # 3 one-hot conditions × 4 prompts, then the sweep's one mixed λ (0.5, 0.5) × 2 (its endpoints are one-hot)
+    assert calls == [12, 2]
+    sweep = S.evaluate_pareto(em, PROMPTS[:2], scorer, gens, pair, grid=3)
+    assert calls == [12, 2]  # the sweep read the cache (only the reference, another model, generated)
+    sm.generate_rows = orig
+    alone = S.evaluate_pareto(em, PROMPTS[:2], scorer, GenerationCache(max_new_tokens=10, batch_size=4), pair, 3)
+    assert sweep == alone and sweep["n_prompts"] == 2
+
+
 @pytest.mark.integration
 def test_cmpo_eval_end_to_end(plural_dir, prepared_dir, tmp_path):
     from cmpo.cli import main
@@ -144,7 +166,8 @@ def test_cmpo_eval_end_to_end(plural_dir, prepared_dir, tmp_path):
     out = tmp_path / "report"
     rc = main(["eval", "--models", f"cmpo={plural_dir}", "--data", prepared_dir, "--judge", "rules",
                "--metrics", "accuracy,correlation,winrate,steerability,pareto", "--pareto", "conciseness,enthusiasm",
-               "--pareto-grid", "3", "--num-prompts", "3", "--max-new-tokens", "12", "--batch-size", "4",
+               "--pareto-grid", "3", "--pareto-prompts", "2", "--num-prompts", "3", "--max-new-tokens", "12",
+               "--batch-size", "4",
                "--logs", f"cmpo={logs}", "--out", str(out)])
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -160,6 +183,7 @@ def test_cmpo_eval_end_to_end(plural_dir, prepared_dir, tmp_path):
     assert 0 <= st["guards"]["reference"]["finished"] <= 1 and st["guards"]["conciseness"]["reference_perplexity"] > 1
     pareto = metrics["pareto"]["cmpo"]
     assert [p["t"] for p in pareto["points"]] == [1.0, 0.5, 0.0] and pareto["hypervolume"] >= 0
+    assert pareto["n_prompts"] == 2 and metrics["settings"]["pareto_prompts"] == 2  # the sweep: a prefix
     assert metrics["settings"]["num_prompts"] == 3 and metrics["settings"]["max_new_tokens"] == 12
     html_text = (out / "report.html").read_text()
     for name, rel in metrics["plots"].items():

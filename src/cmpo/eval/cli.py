@@ -53,6 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "Pareto sweep's conditions share batches")
     parser.add_argument("--pareto", metavar="A,B", help="two attributes for the λ = (t, 1−t) sweep")
     parser.add_argument("--pareto-grid", type=int, default=5, help="number of t values in [0, 1]")
+    parser.add_argument("--pareto-prompts", type=int, default=None,
+                        help="run the sweep on the first N of the prompts only (default: all)")
     parser.add_argument("--logs", nargs="*", default=[], metavar="NAME=DIR",
                         help="training output dirs whose trainer_state.json curves to plot")
     parser.add_argument("--no-perplexity", action="store_true", help="skip the reference-perplexity guard")
@@ -130,14 +132,17 @@ def evaluate(models: dict, metrics: Sequence[str], reference=None, data: str | N
              max_rated: int | None = 200, seed: int = 0, max_new_tokens: int = 512, repetition_penalty: float = 1.0,
              batch_size: int = 8, pareto: Sequence[str] | None = None, pareto_grid: int = 5,
              logs: dict | None = None, perplexity: bool = True, progress: bool = True,
-             generations_path: str | Path | None = None, generation_batch_size: int | None = None) -> dict:
+             generations_path: str | Path | None = None, generation_batch_size: int | None = None,
+             pareto_prompts: int | None = None) -> dict:
     """Run the requested metrics for ``models`` ({name: EvalModel}) -> the ``results`` dict of report.py.
 
     ``reference``: a SteerableModel (None: plural models use their own π_ref). ``judge``/``scorer``: see
     :mod:`cmpo.eval.judges` / :mod:`cmpo.eval.raters`. ``generations_path``: write every generated response
     (model, condition, prompt, response, finished) there as JSONL, for reading what the numbers rate.
     ``generation_batch_size``: rows per generation batch (default ``batch_size``); the effect matrix's and
-    Pareto sweep's conditions share batches, so a larger one pays off on CPU.
+    Pareto sweep's conditions share batches, so a larger one pays off on CPU. ``pareto_prompts``: the sweep
+    uses only the first that many prompts (None: all) — it generates ``pareto_grid`` conditions per prompt and
+    reports means, where the effect matrix's CIs need every prompt.
     """
     from cmpo.eval import judges as J
     from cmpo.eval import metrics as M
@@ -186,12 +191,16 @@ def evaluate(models: dict, metrics: Sequence[str], reference=None, data: str | N
         else:
             prompts = [prompts[i] for i in M.sample_rows(len(prompts), num_prompts, seed)]
         results["settings"]["prompts_used"] = len(prompts)
+        if pareto_prompts is not None and pareto_prompts < 1:
+            raise ValueError(f"pareto_prompts must be >= 1, got {pareto_prompts}")
+        sweep_prompts = prompts[:pareto_prompts]
+        results["settings"]["pareto_prompts"] = len(sweep_prompts)
         gens = GenerationCache(max_new_tokens, generation_batch_size or batch_size, progress,
                                  repetition_penalty=repetition_penalty)
         if scorer is not None and ("steerability" in metrics or "pareto" in metrics):
             for em in models.values():
                 S.prefetch_conditions(em, prompts, scorer, gens, attrs, pareto if "pareto" in metrics else None,
-                                      pareto_grid)
+                                      pareto_grid, len(sweep_prompts))
         if "winrate" in metrics:
             if judge is None:
                 raise ValueError("metric 'winrate' needs a judge")
@@ -212,7 +221,7 @@ def evaluate(models: dict, metrics: Sequence[str], reference=None, data: str | N
         if "pareto" in metrics:
             if not pareto or len(pareto) != 2:
                 raise ValueError("metric 'pareto' needs --pareto A,B (two attributes)")
-            results["pareto"] = {n: S.evaluate_pareto(em, prompts, scorer, gens, pareto, pareto_grid, reference)
+            results["pareto"] = {n: S.evaluate_pareto(em, sweep_prompts, scorer, gens, pareto, pareto_grid, reference)
                                  for n, em in models.items() if em.kind != "hf"}
         if generations_path is not None:
             from cmpo.io import write_jsonl
@@ -263,8 +272,8 @@ def run(args) -> int:
             judge=judge, scorer=scorer, num_prompts=args.num_prompts, max_pairs=args.max_pairs,
             max_rated=args.max_rated, seed=args.seed, max_new_tokens=args.max_new_tokens,
             repetition_penalty=args.repetition_penalty, batch_size=args.batch_size, pareto=pareto,
-            pareto_grid=args.pareto_grid, logs=logs, perplexity=not args.no_perplexity,
-            generation_batch_size=args.generation_batch_size)
+            pareto_grid=args.pareto_grid, pareto_prompts=args.pareto_prompts, logs=logs,
+            perplexity=not args.no_perplexity, generation_batch_size=args.generation_batch_size)
         results["settings"]["models"] = model_specs
         paths = write_report(results, out)
     except (ValueError, OSError, KeyError) as e:

@@ -129,17 +129,20 @@ def pareto_weights(grid: int) -> list[tuple[float, float]]:
 
 
 def prefetch_conditions(em, prompts: Sequence, scorer, generations, attributes: Sequence[str],
-                        pareto: Sequence[str] | None = None, grid: int = 5) -> None:
-    """Generate what :func:`evaluate_steerability` and :func:`evaluate_pareto` will read, for a one-model
-    contestant (plural / ACM), in one pass of batches that mix the conditions
-    (:meth:`cmpo.eval.generation.GenerationCache.prefetch`)."""
+                        pareto: Sequence[str] | None = None, grid: int = 5, pareto_prompts: int | None = None) -> None:
+    """Generate what :func:`evaluate_steerability` (on ``prompts``) and :func:`evaluate_pareto` (on the first
+    ``pareto_prompts`` of them; None: all) will read, for a one-model contestant (plural / ACM), in batches that
+    mix the conditions (:meth:`cmpo.eval.generation.GenerationCache.prefetch`)."""
     m = em.models.get(None)
     if m is None or m.kind not in ("plural", "steerlm"):
         return
     conds = [em.for_attribute(a)[1] for a in attributes if em.covers(a) and scorer.supports(a)]
-    if pareto:
+    if pareto and (pareto_prompts is None or pareto_prompts >= len(prompts)):
         conds += [em.for_weights(pareto, w)[1] for w in pareto_weights(grid)]
+        pareto = None
     generations.prefetch(m, prompts, conds)
+    if pareto:  # the sweep's mixed λs on its prefix (its one-hot endpoints are stored already)
+        generations.prefetch(m, prompts[:pareto_prompts], [em.for_weights(pareto, w)[1] for w in pareto_weights(grid)])
 
 
 def evaluate_pareto(em, prompts: Sequence, scorer, generations, pair: Sequence[str], grid: int = 5,
