@@ -36,6 +36,8 @@ def test_quick_demo_writes_a_complete_report_and_resumes(tmp_path, smollm_dir):
     steer = metrics["steerability"]["cmpo"]
     k = len(steer["attributes"])
     assert k == 3 and len(steer["effect"]) == k and all(len(r) == k for r in steer["effect"])
+    # the effect matrix rates the 6 held-out + 6 evaluation-only prompts; the Pareto sweep the held-out ones
+    assert steer["n_prompts"] == 12 and metrics["pareto"]["cmpo"]["n_prompts"] == 6
     bad = [(p, v) for p, v in _numbers(metrics) if not math.isfinite(v) and "off_diagonal" not in p]
     assert not bad, bad[:10]
     html = (out / "report.html").read_text()

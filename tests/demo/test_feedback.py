@@ -17,6 +17,34 @@ def test_builtin_prompts_are_varied_and_unique():
     assert {r["category"] for r in rows} >= {"question", "how-to", "creative"}
 
 
+def test_eval_only_prompts_are_new_and_in_every_split():
+    pool = {r["text"] for r in fb.builtin_prompts()}
+    rows = fb.builtin_prompts("eval_prompts")
+    texts = [r["text"] for r in rows]
+    assert len(texts) == 60 and len(set(texts)) == 60 and not set(texts) & pool
+    assert {r["category"] for r in rows} == {r["category"] for r in fb.builtin_prompts()}
+    first = [r["category"] for r in rows[:40]]  # the demo's default takes a prefix: categories in turn
+    assert all(first.count(c) >= 8 for c in set(first)) and first[:4] == ["question", "how-to", "creative", "advice"]
+    assert fb.split_prompts(80, 20, seed=0).eval_only == fb.split_prompts(80, 20, seed=1).eval_only == texts
+
+
+def test_eval_prompts_setting_is_checked_and_refused_with_user_data():
+    import argparse
+
+    from cmpo.demo.pipeline import add_arguments, config_from_args, eval_only_prompts
+
+    assert eval_only_prompts(2) == [[{"role": "user", "content": t["text"]}]
+                                    for t in fb.builtin_prompts("eval_prompts")[:2]]
+    assert eval_only_prompts(0) == []
+    with pytest.raises(ValueError, match="between 0 and 60"):
+        eval_only_prompts(61)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert config_from_args(parser.parse_args(["--eval-prompts", "10"])).eval_prompts == 10
+    with pytest.raises(ValueError, match="--eval-prompts"):
+        config_from_args(parser.parse_args(["--data", "x.jsonl", "--format", "oasst1", "--eval-prompts", "10"]))
+
+
 def test_split_is_seeded_disjoint_and_balanced():
     a, b = fb.split_prompts(96, 24, seed=0), fb.split_prompts(96, 24, seed=0)
     assert a == b and len(a.train) == 96 and len(a.heldout) == 24

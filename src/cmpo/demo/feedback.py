@@ -30,12 +30,15 @@ class DemoPrompts:
     train: list[str]
     heldout: list[str]
     unused: list[str] = field(default_factory=list)  # neither: unlabelled prompts (e.g. for on-policy negatives)
+    eval_only: list[str] = field(default_factory=list)  # never trained on or searched, in any seed
 
 
-def builtin_prompts() -> list[dict]:
-    """The built-in instructions (questions, how-tos, creative asks, advice), with their categories."""
+def builtin_prompts(which: str = "prompts") -> list[dict]:
+    """The built-in instructions (questions, how-tos, creative asks, advice), with their categories:
+    ``"prompts"`` (split per seed into train / held-out / unlabelled) or ``"eval_prompts"`` (evaluation only,
+    stored with the categories in turn so that any prefix is balanced)."""
     text = resources.files("cmpo.demo").joinpath("prompts.json").read_text()
-    return json.loads(text)["prompts"]
+    return json.loads(text)[which]
 
 
 def split_prompts(n_train: int, n_heldout: int, seed: int = 0) -> DemoPrompts:
@@ -54,7 +57,8 @@ def split_prompts(n_train: int, n_heldout: int, seed: int = 0) -> DemoPrompts:
     ordered += [t for texts in by_cat.values() for t in texts[min(map(len, by_cat.values())):]]
     heldout = ordered[:n_heldout]
     train = ordered[n_heldout:n_heldout + n_train]
-    return DemoPrompts(train=train, heldout=heldout, unused=ordered[n_heldout + n_train:])
+    return DemoPrompts(train=train, heldout=heldout, unused=ordered[n_heldout + n_train:],
+                       eval_only=[r["text"] for r in builtin_prompts("eval_prompts")])
 
 
 def styled_prompt(prompt: str, style: str) -> str:

@@ -8,7 +8,8 @@ demo resumes from the last finished stage):
   2. feedback    rule raters score every response on each attribute, 0–4 (feedback.jsonl, generic format)
   3. prepare     λ-conditioned pairs, powerset scheme; held-out prompts form the validation split (data/)
   4. train       CMPO on the plural model (plural SFT warm start, then DPO), reference = the default model
-  5. evaluate    effect matrix on held-out prompts, Pareto sweep, conditioned preference accuracy (eval/)
+  5. evaluate    effect matrix on the held-out prompts plus the built-in evaluation-only ones, Pareto sweep on
+                 the held-out prompts, conditioned preference accuracy on the held-out pairs (eval/)
   6. report      report.html + metrics.json + a terminal summary
 
 ``cmpo demo --data PATH --format oasst1 [--attributes ...]`` replaces stages 1–2 with a user's dataset: a
@@ -61,7 +62,8 @@ class DemoConfig:
     # training prompts) for on-policy negatives when the recipe enables them
     # evaluation
     pareto: list[str] = field(default_factory=lambda: ["conciseness", "enthusiasm"])
-    pareto_grid: int = 5
+    pareto_grid: int = 5  # the sweep runs on the held-out prompts only
+    eval_prompts: int = 20  # built-in evaluation-only prompts (of 60) the effect matrix adds to the held-out ones
     eval_batch_size: int = 24
     eval_generation_batch_size: int = 60  # the effect matrix's and Pareto sweep's conditions share batches
     repetition_penalty: float = 1.0  # greedy decoding in evaluation (reference and every condition alike)
@@ -70,7 +72,7 @@ class DemoConfig:
     @classmethod
     def quick(cls, **kw) -> DemoConfig:
         cfg = cls(train_prompts=20, heldout_prompts=6, max_new_tokens=48, pareto_grid=3, max_eval_pairs=12,
-                  unlabelled_prompts=8, **kw)
+                  unlabelled_prompts=8, eval_prompts=6, **kw)
         cfg.train_overrides = (["warm_start.max_steps=6", "train.max_steps=6", "negatives.max_steps=4"]
                                + cfg.train_overrides)
         return cfg
@@ -87,7 +89,7 @@ class DemoConfig:
                 "feedback": ["attributes"], "prepare": ["pair_off_target_penalty"],
                 "train": ["train_overrides", "unlabelled_prompts"],
                 "evaluate": ["pareto", "pareto_grid", "judge", "max_eval_pairs", "repetition_penalty",
-                             "eval_generation_batch_size"], "report": []}
+                             "eval_generation_batch_size", "eval_prompts"], "report": []}
         used = [k for s in STAGES[: STAGES.index(upto) + 1] for k in keys[s]]
         return hashlib.sha256(json.dumps({k: d[k] for k in used}, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -264,7 +266,7 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
 
     # 5. evaluate ---------------------------------------------------------------------------------
     metrics_path = out / "eval" / "results.json"
-    _banner(5, "evaluate", "effect matrix + Pareto sweep on held-out prompts, preference accuracy")
+    _banner(5, "evaluate", "effect matrix on held-out + evaluation-only prompts, Pareto sweep, preference accuracy")
     if stages.done("evaluate") and metrics_path.exists():
         print("  done earlier, reusing", file=sys.stderr)
         results = json.loads(metrics_path.read_text())
@@ -351,18 +353,29 @@ def _evaluate(cfg: DemoConfig, model_dir: Path, data_dir: Path, out: Path) -> di
     scorer = demo_scorer(cfg, data_dir, out)
     em = EvalModel.load("cmpo", str(model_dir))
     meta, splits = load_prepared(data_dir)
-    prompts = [row["prompt"] for row in unique_prompts(splits["sft"]["validation"])]
+    heldout = [row["prompt"] for row in unique_prompts(splits["sft"]["validation"])]
+    prompts = heldout + ([] if cfg.data else eval_only_prompts(cfg.eval_prompts))
     metrics = ["accuracy", "steerability"] + (["pareto"] if cfg.pareto and all(scorer.supports(a)
                                                                                  for a in cfg.pareto) else [])
     results = evaluate({"cmpo": em}, metrics, data=str(data_dir), prompts=prompts, scorer=scorer,
-                       num_prompts=len(prompts), max_pairs=cfg.max_eval_pairs, seed=cfg.seed,
-                       max_new_tokens=cfg.max_new_tokens, repetition_penalty=cfg.repetition_penalty,
+                       num_prompts=len(prompts), pareto_prompts=len(heldout), max_pairs=cfg.max_eval_pairs,
+                       seed=cfg.seed, max_new_tokens=cfg.max_new_tokens, repetition_penalty=cfg.repetition_penalty,
                        batch_size=cfg.eval_batch_size, generation_batch_size=cfg.eval_generation_batch_size,
                        pareto=cfg.pareto, pareto_grid=cfg.pareto_grid,
                        logs={"cmpo": str(out / "train")} if (out / "train" / "trainer_state.json").exists()
                        else None, perplexity=True, progress=True, generations_path=out / "eval" / "generations.jsonl")
     results["examples"] = _examples(em, prompts[0], out / "eval" / "generations.jsonl")
     return results
+
+
+def eval_only_prompts(n: int) -> list[list[dict]]:
+    """The first ``n`` built-in evaluation-only prompts, as conversations (like the prepared held-out prompts)."""
+    from cmpo.demo.feedback import builtin_prompts
+
+    texts = [r["text"] for r in builtin_prompts("eval_prompts")]  # stored so that any prefix is balanced
+    if not 0 <= n <= len(texts):
+        raise ValueError(f"eval_prompts must be between 0 and {len(texts)} (the built-in ones), got {n}")
+    return [[{"role": "user", "content": t}] for t in texts[:n]]
 
 
 def unique_prompts(ds) -> list[dict]:
@@ -395,7 +408,7 @@ def summarize(results: dict, cfg: DemoConfig) -> str:
     """Terminal summary: the effect matrix, whether each attribute steers, quality guards, accuracy."""
     st = (results.get("steerability") or {}).get("cmpo")
     scorer = {"rules": "rule-rated", "apm": "APM-rated"}.get((st or {}).get("scorer"), "rated")
-    lines = ["", "=" * 72, f"Can the model be steered?  (held-out prompts, {scorer}, Δ vs reference)", "=" * 72]
+    lines = ["", "=" * 72, f"Can the model be steered?  (prompts never trained on, {scorer}, Δ vs reference)", "=" * 72]
     if st:
         attrs = st["attributes"]
         eff, lo, hi = st["effect"], st["ci95_low"], st["ci95_high"]
@@ -433,6 +446,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     parser.add_argument("--train-prompts", type=int, help="built-in prompts used for training feedback")
     parser.add_argument("--heldout-prompts", type=int, help="built-in prompts held out for evaluation")
+    parser.add_argument("--eval-prompts", type=int, help="built-in evaluation-only prompts the effect matrix adds "
+                        f"to the held-out ones (default {DemoConfig.eval_prompts}; not with --data)")
     parser.add_argument("--max-new-tokens", type=int, help="token budget for candidates and evaluation")
     parser.add_argument("--data", help="use a real dataset instead of the synthetic feedback (with --format)")
     parser.add_argument("--format", help="format of --data (see `cmpo prepare --help`)")
@@ -460,12 +475,14 @@ def config_from_args(args) -> DemoConfig:
     if args.pareto:
         kw["pareto"] = [a.strip() for a in args.pareto.split(",")]
     cfg = DemoConfig.quick(**kw) if args.quick else DemoConfig(**kw)
-    for name in ("train_prompts", "heldout_prompts", "max_new_tokens", "pair_off_target_penalty",
+    for name in ("train_prompts", "heldout_prompts", "eval_prompts", "max_new_tokens", "pair_off_target_penalty",
                  "repetition_penalty"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     if cfg.data and not cfg.format:
         raise ValueError("--data needs --format")
+    if cfg.data and args.eval_prompts is not None:
+        raise ValueError("--eval-prompts adds built-in prompts; with --data the held-out prompts are the data's")
     if cfg.attributes and cfg.pareto and any(a not in cfg.attributes for a in cfg.pareto):
         cfg.pareto = cfg.attributes[:2] if len(cfg.attributes) >= 2 else []
     return cfg
