@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("cmpo.train.cli", "train SFT, per-attribute cDPO, CMPO, or the SteerLM APM/ACM"),
     "steerlm": ("cmpo.train.steerlm", "SteerLM utilities (relabel data with an APM)"),
     "eval": ("cmpo.eval.cli", "preference accuracy, rank correlation, judge win-rates, steerability, report"),
-    "generate": ("cmpo.serve.generate", "generate text from any cmpo model under a steering vector"),
+    "generate": ("cmpo.serve.generate_cli", "generate text from any cmpo model under a steering vector"),
     "export": ("cmpo.serve.export", "fold a fixed steering into a standard Hugging Face checkpoint"),
     "serve": ("cmpo.serve.server", "OpenAI-compatible HTTP server with per-request steering + playground"),
     "demo": ("cmpo.demo.pipeline", "offline end-to-end run that shows steering working"),

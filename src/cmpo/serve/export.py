@@ -68,12 +68,12 @@ def export_model(model_dir: str | os.PathLike, weights, out_dir: str | os.PathLi
 
 
 def run(args) -> int:
-    from cmpo.serve.generate import _weights_from_args
+    from cmpo.serve.generate_cli import weights_from_args
 
     try:
         if Path(args.out).exists() and not args.force:
             raise ValueError(f"{args.out} exists (use --force to overwrite)")
-        out = export_model(args.model, _weights_from_args(args), args.out, dtype=args.dtype)
+        out = export_model(args.model, weights_from_args(args), args.out, dtype=args.dtype)
     except (SteeringError, ValueError, OSError) as e:
         print(f"cmpo export: error: {e}", file=sys.stderr)
         return 2

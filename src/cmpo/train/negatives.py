@@ -197,11 +197,11 @@ def with_replay(negatives: list[dict], rows, replay: float, seed: int) -> list[d
 def read_prompts(path) -> list[list[dict]]:
     """Unlabelled prompts for the search: a JSONL file whose rows have ``prompt`` — a string (one user turn) or
     a conversation ending with a user message (the format ``cmpo generate --input`` reads)."""
-    from cmpo.serve.generate import _read_jsonl
+    from cmpo.io import read_prompt_rows
     from cmpo.train.data import _check_prompt
 
     out = []
-    for row in _read_jsonl(str(path)):
+    for row in read_prompt_rows(path):
         p = row["prompt"]
         p = [{"role": "user", "content": p}] if isinstance(p, str) else p
         _check_prompt(p, f"{path}: row {row['_line']}")
