@@ -25,19 +25,19 @@ def test_eval_only_prompts_are_new_and_in_every_split():
     assert {r["category"] for r in rows} == {r["category"] for r in fb.builtin_prompts()}
     first = [r["category"] for r in rows[:40]]  # the demo's default takes a prefix: categories in turn
     assert all(first.count(c) >= 8 for c in set(first)) and first[:4] == ["question", "how-to", "creative", "advice"]
-    assert fb.split_prompts(80, 20, seed=0).eval_only == fb.split_prompts(80, 20, seed=1).eval_only == texts
+    assert [p[0]["content"] for p in fb.eval_only_prompts(60)] == texts  # the same in every seed
 
 
 def test_eval_prompts_setting_is_checked_and_refused_with_user_data():
     import argparse
 
-    from cmpo.demo.pipeline import add_arguments, config_from_args, eval_only_prompts
+    from cmpo.demo.pipeline import add_arguments, config_from_args
 
-    assert eval_only_prompts(2) == [[{"role": "user", "content": t["text"]}]
+    assert fb.eval_only_prompts(2) == [[{"role": "user", "content": t["text"]}]
                                     for t in fb.builtin_prompts("eval_prompts")[:2]]
-    assert eval_only_prompts(0) == []
+    assert fb.eval_only_prompts(0) == []
     with pytest.raises(ValueError, match="between 0 and 60"):
-        eval_only_prompts(61)
+        fb.eval_only_prompts(61)
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     assert config_from_args(parser.parse_args(["--eval-prompts", "10"])).eval_prompts == 10

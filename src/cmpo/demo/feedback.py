@@ -30,7 +30,6 @@ class DemoPrompts:
     train: list[str]
     heldout: list[str]
     unused: list[str] = field(default_factory=list)  # neither: unlabelled prompts (e.g. for on-policy negatives)
-    eval_only: list[str] = field(default_factory=list)  # never trained on or searched, in any seed
 
 
 def builtin_prompts(which: str = "prompts") -> list[dict]:
@@ -39,6 +38,14 @@ def builtin_prompts(which: str = "prompts") -> list[dict]:
     stored with the categories in turn so that any prefix is balanced)."""
     text = resources.files("cmpo.demo").joinpath("prompts.json").read_text()
     return json.loads(text)[which]
+
+
+def eval_only_prompts(n: int) -> list[list[dict]]:
+    """The first ``n`` built-in evaluation-only prompts, as conversations (like the prepared held-out prompts)."""
+    texts = [r["text"] for r in builtin_prompts("eval_prompts")]  # stored so that any prefix is balanced
+    if not 0 <= n <= len(texts):
+        raise ValueError(f"eval_prompts must be between 0 and {len(texts)} (the built-in ones), got {n}")
+    return [[{"role": "user", "content": t}] for t in texts[:n]]
 
 
 def split_prompts(n_train: int, n_heldout: int, seed: int = 0) -> DemoPrompts:
@@ -57,8 +64,7 @@ def split_prompts(n_train: int, n_heldout: int, seed: int = 0) -> DemoPrompts:
     ordered += [t for texts in by_cat.values() for t in texts[min(map(len, by_cat.values())):]]
     heldout = ordered[:n_heldout]
     train = ordered[n_heldout:n_heldout + n_train]
-    return DemoPrompts(train=train, heldout=heldout, unused=ordered[n_heldout + n_train:],
-                       eval_only=[r["text"] for r in builtin_prompts("eval_prompts")])
+    return DemoPrompts(train=train, heldout=heldout, unused=ordered[n_heldout + n_train:])
 
 
 def styled_prompt(prompt: str, style: str) -> str:

@@ -346,6 +346,7 @@ def _prepare(cfg: DemoConfig, fb_path: Path, data_dir: Path, heldout: list[str],
 
 
 def _evaluate(cfg: DemoConfig, model_dir: Path, data_dir: Path, out: Path) -> dict:
+    from cmpo.demo import feedback as fb
     from cmpo.demo.user_data import demo_scorer
     from cmpo.eval.cli import evaluate, load_prepared
     from cmpo.eval.metrics import EvalModel
@@ -354,7 +355,7 @@ def _evaluate(cfg: DemoConfig, model_dir: Path, data_dir: Path, out: Path) -> di
     em = EvalModel.load("cmpo", str(model_dir))
     meta, splits = load_prepared(data_dir)
     heldout = [row["prompt"] for row in unique_prompts(splits["sft"]["validation"])]
-    prompts = heldout + ([] if cfg.data else eval_only_prompts(cfg.eval_prompts))
+    prompts = heldout + ([] if cfg.data else fb.eval_only_prompts(cfg.eval_prompts))
     metrics = ["accuracy", "steerability"] + (["pareto"] if cfg.pareto and all(scorer.supports(a)
                                                                                  for a in cfg.pareto) else [])
     results = evaluate({"cmpo": em}, metrics, data=str(data_dir), prompts=prompts, scorer=scorer,
@@ -366,16 +367,6 @@ def _evaluate(cfg: DemoConfig, model_dir: Path, data_dir: Path, out: Path) -> di
                        else None, perplexity=True, progress=True, generations_path=out / "eval" / "generations.jsonl")
     results["examples"] = _examples(em, prompts[0], out / "eval" / "generations.jsonl")
     return results
-
-
-def eval_only_prompts(n: int) -> list[list[dict]]:
-    """The first ``n`` built-in evaluation-only prompts, as conversations (like the prepared held-out prompts)."""
-    from cmpo.demo.feedback import builtin_prompts
-
-    texts = [r["text"] for r in builtin_prompts("eval_prompts")]  # stored so that any prefix is balanced
-    if not 0 <= n <= len(texts):
-        raise ValueError(f"eval_prompts must be between 0 and {len(texts)} (the built-in ones), got {n}")
-    return [[{"role": "user", "content": t}] for t in texts[:n]]
 
 
 def unique_prompts(ds) -> list[dict]:
